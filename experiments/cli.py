@@ -1,0 +1,94 @@
+"""What every entry point shares: multi-process flags and the one-line error exit."""
+
+from __future__ import annotations
+
+import logging as py_logging
+import sys
+from collections.abc import Callable
+
+from absl import flags, logging
+
+from gen_models.errors import UserError
+
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", None, "host:port of process 0; set to run multi-process."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer(
+  "process_id", None, "This process's index in [0, num_processes)."
+)
+_MULTIHOST = flags.DEFINE_bool(
+  "multihost", False, "Join a multi-process run detected from the environment (SLURM, Cloud TPU)."
+)
+
+
+class _QuietLibraries(py_logging.Filter):
+  """Drops INFO records of orbax and friends (dozens per checkpoint); warnings still show."""
+
+  NOISY = ("/orbax/", "/jax/_src/", "/tensorstore/", "/grain/", "/tensorflow_datasets/")
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return record.levelno > py_logging.INFO or not any(s in record.pathname for s in self.NOISY)
+
+
+def quiet_library_logs() -> None:
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
+def maybe_initialize_distributed() -> None:
+  """Calls ``jax.distributed.initialize`` when the flags ask for a multi-process run."""
+  if _COORDINATOR.value or _MULTIHOST.value:
+    from gen_models import devices
+
+    devices.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+
+
+def _one_line(e: BaseException) -> str:
+  text = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split())
+  if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+    text = text[1:-1]
+  return text or type(e).__name__
+
+
+def _config_error(e: BaseException) -> str:
+  if isinstance(e, (AttributeError, KeyError)):
+    return f"unknown config key in --config overrides: {_one_line(e)}"
+  return f"bad --config: {_one_line(e.__cause__ or e)}"
+
+
+def _exit_with(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(1)
+
+
+def config_value(holder: flags.FlagHolder):
+  """The value of a config flag; loading or override failures exit with one line."""
+  try:
+    value = holder.value
+    value.keys()  # A file that failed to load gives an object that raises on first use.
+    return value
+  except Exception as e:
+    _exit_with(_config_error(e))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """``absl`` flag parsing with every failure as one ``error:`` line and exit code 1.
+
+  Config files and ``--config.key=value`` overrides are evaluated while flags are parsed; a typo
+  in a key, a bad value or a missing config file otherwise ends in a traceback.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _exit_with(_one_line(e))
+  except Exception as e:  # Raised by ml_collections while applying overrides or loading a file.
+    _exit_with(_config_error(e))
+
+
+def run_user_errors_as_exit(fn: Callable[[], object]) -> object:
+  """Runs ``fn``; a :class:`UserError` becomes ``error: <message>`` on stderr and exit code 1."""
+  try:
+    return fn()
+  except UserError as e:
+    logging.flush()
+    _exit_with(str(e))

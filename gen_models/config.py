@@ -1,0 +1,121 @@
+"""The trainer's config keys, and validation of a user config against its family's defaults.
+
+Every family's ``default_config()`` starts from :func:`base_config`. A user config (a config file
+plus ``--config.x=y`` overrides) may only set keys that the default has, with values of the same
+type: a typo is an error, never a silently ignored key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from typing import Any
+
+import ml_collections
+
+from gen_models.errors import UserError
+
+# Keys that may change when a run is resumed; any other change to a workdir's config is an error.
+RESUMABLE_KEYS = (
+  "num_train_steps",
+  "log_every_steps",
+  "eval_every_steps",
+  "sample_every_steps",
+  "checkpoint_every_steps",
+  "max_checkpoints_to_keep",
+  "eval.num_samples",
+  "dataset.data_dir",
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Keys every family shares (the trainer's)."""
+  c = ml_collections.ConfigDict()
+  c.model = ""
+  c.seed = 0
+  c.batch_size = 256  # Global batch size, split over all devices of all processes.
+  c.num_train_steps = 1000
+  c.log_every_steps = 100
+  c.eval_every_steps = 1000  # 0: evaluate only at the end.
+  c.sample_every_steps = 1000  # 0: write samples only at the end.
+  c.checkpoint_every_steps = 1000
+  c.max_checkpoints_to_keep = 3
+  c.async_checkpointing = True
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "8gaussians"
+  c.dataset.data_dir = ""  # TFDS data dir; "" means TFDS's default.
+  c.dataset.split = "train"
+  c.dataset.eval_split = "test"
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_samples = 1000
+  c.eval.num_image_samples = 64  # Images in each sample grid PNG.
+  return c
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, (dict, ml_collections.ConfigDict)):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _type_ok(value: Any, default: Any) -> bool:
+  if default is None or value is None:
+    return True
+  if isinstance(default, bool) or isinstance(value, bool):
+    return isinstance(value, bool) and isinstance(default, bool)
+  if isinstance(default, float):
+    return isinstance(value, (int, float))
+  if isinstance(default, (list, tuple)):
+    return isinstance(value, (list, tuple))
+  return isinstance(value, type(default))
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks ``config`` against its family's defaults; returns it with defaults filled in.
+
+  Raises:
+    UserError: unknown model, unknown key (with the closest known key), or wrong value type.
+  """
+  from gen_models import models  # Late import: models import this module.
+
+  if "model" not in config:
+    raise UserError("config has no 'model' key; known models: " + ", ".join(models.FAMILIES))
+  defaults = models.module(config.model).default_config()
+  flat_default, flat_user = _flatten(defaults), _flatten(config)
+  for key, value in flat_user.items():
+    if key not in flat_default:
+      close = difflib.get_close_matches(key, list(flat_default), n=1)
+      hint = f"; did you mean {close[0]!r}?" if close else ""
+      raise UserError(f"unknown config key {key!r} for model {config.model!r}{hint}")
+    if not _type_ok(value, flat_default[key]):
+      raise UserError(
+        f"config key {key!r} must be of type {type(flat_default[key]).__name__}, "
+        f"got {value!r} ({type(value).__name__})"
+      )
+  for key, value in flat_user.items():
+    *parents, leaf = key.split(".")
+    node = defaults
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return defaults
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(json.loads(text))
+
+
+def changed_keys(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> list[str]:
+  """Flat keys whose values differ (lists and tuples compare equal)."""
+  a, b = _flatten(json.loads(to_json(old))), _flatten(json.loads(to_json(new)))
+  return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

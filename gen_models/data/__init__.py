@@ -1,0 +1,102 @@
+"""Datasets by name, and the step-indexed iterator the trainer checkpoints.
+
+Every dataset is *random access by batch index*: ``dataset.batch(i)`` returns this process's rows
+of global batch ``i``. The rows of a global batch do not depend on how many processes or devices
+share it, so a run on 1 or 8 devices, resumed or not, sees the same data.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from gen_models.data import images, toy
+from gen_models.errors import UserError
+
+
+class Dataset(Protocol):
+  """What the trainer needs of a dataset.
+
+  Attributes:
+    name: the dataset's name in configs.
+    kind: ``"points"`` (rows of ``R^d``) or ``"images"`` (``H×W×C`` floats in ``[-1, 1]``).
+    shape: the shape of one example, e.g. ``(2,)`` or ``(32, 32, 3)``.
+  """
+
+  name: str
+  kind: str
+  shape: tuple[int, ...]
+
+  def batch(self, index: int) -> np.ndarray:
+    """This process's rows of global batch ``index``: ``(B / num_processes, *shape)`` float32."""
+    ...
+
+  def reference(self, n: int) -> np.ndarray | None:
+    """``n`` held-out real examples (the same on every process), or None if there are none."""
+    ...
+
+
+POINT_DATASETS = tuple(toy.DISTRIBUTIONS)
+IMAGE_DATASETS = tuple(images.IMAGE_DATASETS)
+
+
+def example_shape(config) -> tuple[int, ...]:
+  """The shape of one example of ``config.dataset.name``, without opening the data."""
+  name = config.dataset.name
+  if name in toy.DISTRIBUTIONS:
+    return toy.ToyDataset.shape
+  if name in images.IMAGE_DATASETS:
+    return images.IMAGE_DATASETS[name][0]
+  known = ", ".join(POINT_DATASETS + IMAGE_DATASETS)
+  raise UserError(f"unknown dataset {name!r}; known datasets: {known}")
+
+
+def create(config, global_batch_size: int) -> Dataset:
+  """The dataset named by ``config.dataset.name`` (toy sets in-process, images from TFDS)."""
+  name = config.dataset.name
+  if name in toy.DISTRIBUTIONS:
+    return toy.ToyDataset(name, global_batch_size, seed=config.seed)
+  if name in images.IMAGE_DATASETS:
+    return images.TfdsImageDataset(
+      name,
+      global_batch_size,
+      seed=config.seed,
+      data_dir=config.dataset.data_dir or None,
+      split=config.dataset.split,
+      eval_split=config.dataset.eval_split,
+    )
+  return example_shape(config)  # Raises the unknown-dataset error.
+
+
+class StepIterator:
+  """Yields the real data of consecutive train steps; its state is the next step number.
+
+  Each step consumes ``batches_per_step`` consecutive global batches (a GAN with
+  ``n_critic=5`` uses 5), stacked to ``(batches_per_step, B_local, *shape)``.
+  """
+
+  def __init__(self, dataset: Dataset, batches_per_step: int, step: int = 0):
+    self.dataset = dataset
+    self.batches_per_step = batches_per_step
+    self.step = step
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> np.ndarray:
+    k = self.batches_per_step
+    out = np.stack([self.dataset.batch(self.step * k + i) for i in range(k)])
+    self.step += 1
+    return out
+
+  def get_state(self) -> dict:
+    return {"step": int(self.step), "dataset": self.dataset.name}
+
+  def set_state(self, state: dict) -> None:
+    if state.get("dataset") != self.dataset.name:
+      raise UserError(
+        f"checkpoint data state is for dataset {state.get('dataset')!r}, "
+        f"config says {self.dataset.name!r}"
+      )
+    self.step = int(state["step"])

@@ -1,0 +1,88 @@
+"""Run outputs: ``metrics.jsonl``, TensorBoard events, sample PNGs and the console line.
+
+Only process 0 writes. ``metrics.jsonl`` is appended to: after a resume, steps between the last
+checkpoint and the interruption appear twice; the later line is the one of the resumed run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+
+class MetricWriter:
+  """Writes scalars to ``<workdir>/metrics.jsonl`` and TensorBoard, images to PNG and TB."""
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self.active = jax.process_index() == 0
+    self._tb = None
+    if self.active:
+      from tensorboardX import SummaryWriter
+
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+
+  def scalars(self, step: int, values: dict[str, float]) -> None:
+    if not self.active:
+      return
+    record = {"step": int(step), "time": round(time.time(), 3)}
+    record.update({k: float(v) for k, v in values.items()})
+    with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
+      f.write(json.dumps(record) + "\n")
+    for k, v in values.items():
+      self._tb.add_scalar(k, float(v), int(step))
+
+  def image(self, step: int, name: str, array: np.ndarray) -> str | None:
+    """Saves ``array (H, W, 3) uint8`` as ``samples/<name>_<step>.png``; returns the path."""
+    if not self.active:
+      return None
+    from gen_models.images import save_png
+
+    path = os.path.join(self.workdir, "samples", f"{name}_{step:08d}.png")
+    save_png(array, path)
+    self._tb.add_image(name, array, int(step), dataformats="HWC")
+    return path
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def format_duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class Progress:
+  """Steps/s over the last interval and the ETA to ``total`` steps, as one console line."""
+
+  def __init__(self, start_step: int, total: int):
+    self.total = total
+    self._step, self._time = start_step, time.perf_counter()
+
+  def line(self, step: int, values: dict[str, float]) -> tuple[str, float]:
+    now = time.perf_counter()
+    rate = (step - self._step) / max(now - self._time, 1e-9)
+    self._step, self._time = step, now
+    eta = (self.total - step) / rate if rate > 0 else float("inf")
+    shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
+    return (
+      f"step {step}/{self.total} | {rate:.2f} steps/s | ETA {format_duration(eta)} | {shown}",
+      rate,
+    )
+
+
+def info(msg: str) -> None:
+  if jax.process_index() == 0:
+    logging.info("%s", msg)

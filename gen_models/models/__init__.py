@@ -1,0 +1,58 @@
+"""Model families by name.
+
+``config.model`` selects a module here; each module defines ``default_config()`` (the complete
+config of that family, trainer keys included) and ``make_family(config) -> Family``. Adding a
+family is one new file plus one line in :data:`FAMILIES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from gen_models.errors import UserError
+from gen_models.train_state import TrainState
+
+FAMILIES: dict[str, str] = {
+  "wgan_gp": "gen_models.models.wgan_gp",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """The pure functions the trainer needs from a model family.
+
+  Attributes:
+    init: ``rng -> TrainState`` at step 0 (pure; the trainer jits it with output shardings).
+    train_step: ``(state, batch) -> (state, metrics)``; ``batch`` is
+      ``(batches_per_step, B, *example_shape)`` float32, ``metrics`` a dict of scalars.
+    sample: ``(state, rng, n) -> (n, *example_shape)`` in data space; ``n`` is static.
+    evaluate: host-side ``(state, rng, reference) -> {name: float}``; ``reference`` holds
+      held-out real examples (or None) as returned by the dataset.
+    batches_per_step: how many global data batches one train step consumes.
+    num_reference: how many held-out examples ``evaluate`` wants (0: none).
+  """
+
+  init: Callable[[jax.Array], TrainState]
+  train_step: Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
+  sample: Callable[[TrainState, jax.Array, int], jax.Array]
+  evaluate: Callable[[TrainState, jax.Array, np.ndarray | None], dict[str, float]]
+  batches_per_step: int = 1
+  num_reference: int = 0
+
+
+def module(name: str) -> Any:
+  """The module of family ``name``; a one-line error for an unknown name."""
+  if name not in FAMILIES:
+    raise UserError(f"unknown model {name!r}; known models: {', '.join(sorted(FAMILIES))}")
+  return importlib.import_module(FAMILIES[name])
+
+
+def make_family(config, example_shape: tuple[int, ...]) -> Family:
+  """The :class:`Family` for ``config.model`` on examples of shape ``example_shape``."""
+  return module(config.model).make_family(config, example_shape)

@@ -1,0 +1,257 @@
+"""The one training loop of every model family.
+
+    mesh → dataset → family → state (restored if a checkpoint exists, else initialised sharded)
+    → loop: data → compiled step → metrics → samples / eval → checkpoint → final checkpoint
+
+Everything family-specific comes from :class:`gen_models.models.Family`. The compiled step is
+the family's pure ``train_step`` wrapped with a finiteness check, ``jax.jit`` with state
+replicated and batch split over the ``data`` axis, the old state donated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from gen_models import config as config_lib
+from gen_models import data as data_lib
+from gen_models import devices as dev
+from gen_models import models
+from gen_models.checkpointing import Checkpointer
+from gen_models.data.images import to_uint8
+from gen_models.errors import UserError
+from gen_models.images import image_grid, scatter
+from gen_models.logs import MetricWriter, Progress, format_duration, info
+from gen_models.train_state import tree_all_finite
+
+SAMPLE_STREAM = 1_000_003  # fold_in constant of the fixed key used for sample PNGs and eval.
+
+
+def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> str:
+  """Creates ``workdir`` (checking it is writable) and records or checks ``config.json``.
+
+  A workdir that already holds a run accepts only changes to :data:`RESUMABLE_KEYS`; anything
+  else would silently mix two experiments, so it is an error. Nothing existing is overwritten.
+  """
+  workdir = os.path.abspath(workdir)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from None
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      old = config_lib.from_json(f.read())
+    changed = config_lib.changed_keys(old, config)
+    fixed = [k for k in changed if k not in config_lib.RESUMABLE_KEYS]
+    if fixed:
+      raise UserError(
+        f"workdir {workdir} holds a run with a different config ({', '.join(fixed)}); "
+        "use a new --workdir, or the original values to resume"
+      )
+    if changed:
+      info(f"resuming with changed {', '.join(changed)} (config.json keeps the original)")
+  elif jax.process_index() == 0:
+    with open(path, "w") as f:
+      f.write(config_lib.to_json(config))
+  return workdir
+
+
+def _checked_step(train_step):
+  """``train_step`` plus a ``finite`` flag: all metrics and all new parameters are finite."""
+
+  def step(state, batch):
+    new_state, metrics = train_step(state, batch)
+    finite = tree_all_finite(metrics) & tree_all_finite(new_state.params)
+    return new_state, {**metrics, "finite": finite}
+
+  return step
+
+
+def _non_finite_error(step: int, metrics: dict, ckpt: Checkpointer) -> UserError:
+  last = ckpt.latest_step()
+  where = f"{ckpt.path(last)} (step {last})" if last is not None else "none (no checkpoint yet)"
+  shown = ", ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items()) if k != "finite")
+  return UserError(
+    f"non-finite loss or parameters at step {step} ({shown}); training stopped. "
+    f"Last good checkpoint: {where}"
+  )
+
+
+def _due(step: int, every: int, total: int) -> bool:
+  return step == total or (every > 0 and step % every == 0)
+
+
+class _Outputs:
+  """Sample PNGs and evaluation metrics, with the fixed sample key."""
+
+  def __init__(self, config, family, dataset, writer, base_key):
+    self.config, self.family, self.dataset, self.writer = config, family, dataset, writer
+    self.key = jax.random.fold_in(base_key, SAMPLE_STREAM)
+    self._sample = jax.jit(family.sample, static_argnums=2)
+    self._reference = None
+
+  def reference(self):
+    if self._reference is None and self.family.num_reference:
+      self._reference = self.dataset.reference(self.family.num_reference)
+    return self._reference
+
+  def write_samples(self, step: int, state) -> None:
+    if self.dataset.kind == "points":
+      n = self.config.eval.num_samples
+      fake = dev.to_host(self._sample(state, self.key, n))
+      real = self.dataset.reference(n)
+      self.writer.image(step, "samples", scatter(real, fake))
+    else:
+      n = self.config.eval.num_image_samples
+      fake = dev.to_host(self._sample(state, self.key, n))
+      self.writer.image(step, "samples", image_grid(to_uint8(fake)))
+
+  def evaluate(self, step: int, state) -> dict[str, float]:
+    results = self.family.evaluate(state, self.key, self.reference())
+    return {f"eval/{k}": float(v) for k, v in results.items()}
+
+
+def restore_or_init(family, ckpt: Checkpointer, base_key, sharding):
+  """The latest checkpoint's ``(state, data_state)``, or a fresh sharded state and ``None``."""
+  init_fn = jax.jit(family.init, out_shardings=sharding)
+  latest = ckpt.latest_step()
+  if latest is None:
+    return init_fn(base_key), None
+  abstract = jax.eval_shape(init_fn, base_key)
+  state, data_state = ckpt.restore(latest, abstract, sharding)
+  info(f"restored checkpoint {ckpt.path(latest)}")
+  return state, data_state
+
+
+def load_run(workdir: str, devices: Sequence[jax.Device] | None = None):
+  """``(config, family, state)`` of the latest checkpoint of the run in ``workdir``.
+
+  Raises:
+    UserError: no run (no ``config.json``) or no checkpoint yet in ``workdir``.
+  """
+  workdir = os.path.abspath(workdir)
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise UserError(f"no run in {workdir} (no config.json)")
+  with open(path) as f:
+    config = config_lib.validate(config_lib.from_json(f.read()))
+  family = models.make_family(config, data_lib.example_shape(config))
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+  try:
+    if ckpt.latest_step() is None:
+      raise UserError(f"no checkpoint yet in {ckpt.directory}")
+    sharding = dev.replicated(dev.make_mesh(devices))
+    state, _ = restore_or_init(family, ckpt, jax.random.key(config.seed), sharding)
+  finally:
+    ckpt.close()
+  return config, family, state
+
+
+def train(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  devices: Sequence[jax.Device] | None = None,
+) -> dict[str, float]:
+  """Trains (or resumes) the run of ``config`` in ``workdir``.
+
+  Args:
+    config: a config of some family (validated here against its defaults).
+    workdir: checkpoints, ``metrics.jsonl``, TensorBoard events, samples and ``config.json``.
+    devices: the devices to use (default: all of them, over all processes).
+
+  Returns:
+    The metrics of the last logged step and the final evaluation, as floats.
+
+  Raises:
+    UserError: bad config, indivisible batch, unprepared dataset, unwritable workdir, or a
+      non-finite loss (the checkpoints before it are kept).
+  """
+  config = config_lib.validate(config)
+  mesh = dev.make_mesh(devices)
+  dev.check_batch_size(config.batch_size, mesh)
+  dataset = data_lib.create(config, config.batch_size)
+  family = models.make_family(config, dataset.shape)
+  workdir = prepare_workdir(workdir, config)  # Only once the config is known to be usable.
+
+  state_sharding = dev.replicated(mesh)
+  base_key = jax.random.key(config.seed)
+  step_fn = jax.jit(
+    _checked_step(family.train_step),
+    in_shardings=(state_sharding, dev.batch_sharding(mesh, batch_axis=1)),
+    out_shardings=(state_sharding, state_sharding),
+    donate_argnums=0,
+  )
+
+  ckpt = Checkpointer(
+    os.path.join(workdir, "checkpoints"),
+    max_to_keep=config.max_checkpoints_to_keep,
+    async_save=config.async_checkpointing,
+  )
+  writer = MetricWriter(workdir)
+  outputs = _Outputs(config, family, dataset, writer, base_key)
+  data_iter = data_lib.StepIterator(dataset, family.batches_per_step)
+  try:
+    state, data_state = restore_or_init(family, ckpt, base_key, state_sharding)
+    if data_state is not None:
+      data_iter.set_state(data_state)
+    start = int(dev.to_host(state.step))
+    total = config.num_train_steps
+    info(
+      f"{config.model} on {dataset.name}: steps {start}→{total}, global batch "
+      f"{config.batch_size} over {mesh.devices.size} devices ({jax.process_count()} processes)"
+    )
+    progress = Progress(start, total)
+    pending: list[dict] = []  # Device metrics not yet fetched.
+    window: list[dict] = []  # Host metrics since the last log line.
+    last: dict[str, float] = {}
+    for step in range(start + 1, total + 1):
+      batch = dev.global_batch(next(data_iter), mesh, batch_axis=1)
+      t0 = time.perf_counter()
+      state, metrics = step_fn(state, batch)
+      pending.append(metrics)
+      if step == start + 1:
+        jax.block_until_ready(state)
+        info(f"first step (compile + run) took {format_duration(time.perf_counter() - t0)}")
+        progress = Progress(step, total)
+      save = _due(step, config.checkpoint_every_steps, total)
+      log = _due(step, config.log_every_steps, total)
+      if save or log:  # Fetch metrics (a host sync) only when they are needed.
+        host = dev.to_host(pending)
+        for i, m in enumerate(host):
+          if not m["finite"]:
+            raise _non_finite_error(step - len(host) + 1 + i, m, ckpt)
+        window += host
+        pending = []
+      if log:  # The logged value is the mean since the previous log line.
+        last = {k: float(np.mean([m[k] for m in window])) for k in window[0] if k != "finite"}
+        window = []
+        line, rate = progress.line(step, last)
+        info(line)
+        writer.scalars(step, {**last, "steps_per_sec": rate})
+      if _due(step, config.sample_every_steps, total):
+        outputs.write_samples(step, state)
+      if _due(step, config.eval_every_steps, total):
+        results = outputs.evaluate(step, state)
+        if results:
+          info(f"eval at step {step}: {json.dumps(results)}")
+          writer.scalars(step, results)
+          last.update(results)
+      if save:
+        ckpt.save(step, state, data_iter.get_state())
+    return last
+  finally:
+    ckpt.wait()
+    ckpt.close()
+    writer.close()

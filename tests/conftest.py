@@ -1,0 +1,44 @@
+"""Test setup: 8 fake CPU devices (before JAX starts), and shared helpers."""
+
+import os
+import subprocess
+import sys
+
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _eight_devices():
+  assert jax.device_count() == 8, "tests expect 8 fake CPU devices (XLA_FLAGS)"
+
+
+def run_cli(module: str, *args: str, timeout: float = 300, env: dict | None = None):
+  """Runs ``python -m module args`` from the repo root; returns the CompletedProcess."""
+  full_env = {**os.environ, **(env or {})}
+  return subprocess.run(
+    [sys.executable, "-m", module, *args],
+    cwd=REPO,
+    env=full_env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+
+
+def assert_one_line_error(proc, *fragments: str) -> str:
+  """The process failed with ``error: ...`` as its last stderr line and no traceback."""
+  assert proc.returncode != 0, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: "), proc.stderr[-2000:]
+  for fragment in fragments:
+    assert fragment in last, last
+  return last

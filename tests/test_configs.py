@@ -1,0 +1,65 @@
+"""Every config file trains in its ``:smoke`` variant (images from ``tfds.testing.mock_data``)."""
+
+import glob
+import importlib
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from conftest import REPO
+
+from gen_models import trainer
+
+CONFIGS = sorted(
+  os.path.basename(p)[:-3]
+  for p in glob.glob(os.path.join(REPO, "experiments", "configs", "*.py"))
+  if not os.path.basename(p).startswith(("_", "common"))
+)
+
+
+def test_config_list_is_complete():
+  assert CONFIGS == ["wgan_gp_cifar10", "wgan_gp_mnist", "wgan_gp_toy"]
+
+
+def _smoke(name: str, arg: str, tmp_path):
+  config = importlib.import_module(f"experiments.configs.{name}").get_config(arg)
+  workdir = tmp_path / name
+  if config.dataset.name in ("mnist", "cifar10"):
+    with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
+      final = trainer.train(config, str(workdir))
+  else:
+    final = trainer.train(config, str(workdir))
+  assert all(np.isfinite(v) for v in final.values()), final
+  steps = [json.loads(x)["step"] for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert steps[-1] == config.num_train_steps
+  assert os.listdir(workdir / "samples")
+  assert str(config.num_train_steps) in os.listdir(workdir / "checkpoints")
+  return config, final
+
+
+@pytest.mark.parametrize("arg", ["smoke", "smoke,25gaussians", "smoke,swissroll"])
+def test_toy_smoke(arg, tmp_path):
+  config, final = _smoke("wgan_gp_toy", arg, tmp_path)
+  assert {"eval/w1", "eval/w1_noise_floor", "eval/w1_ratio"} <= set(final)
+
+
+@pytest.mark.parametrize("name", ["wgan_gp_cifar10", "wgan_gp_mnist"])
+def test_image_smoke(name, tmp_path):
+  config, _ = _smoke(name, "smoke", tmp_path)
+  assert config.gan.architecture == "dcgan"
+  _, family, state = trainer.load_run(str(tmp_path / name))
+  channels = 3 if name.endswith("cifar10") else 1
+  x = np.asarray(family.sample(state, __import__("jax").random.key(0), 2))
+  assert x.shape == (2, 32, 32, channels)
+  assert np.all(np.abs(x) <= 1.0)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_full_config_is_valid(name):
+  """The non-smoke configs validate (their long runs are not executed in tests)."""
+  from gen_models import config as config_lib
+
+  config = config_lib.validate(importlib.import_module(f"experiments.configs.{name}").get_config())
+  assert config.num_train_steps >= 1000

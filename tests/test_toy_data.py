@@ -1,0 +1,115 @@
+"""The 2-D toy distributions of ``gen_models.data.toy`` (WGAN-GP paper, Sec. 5.1)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from gen_models.data import toy
+
+N = 20_000
+NAMES = sorted(toy.DISTRIBUTIONS)
+
+
+def _nearest(points: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(index of the nearest center, residual point − center) per point, in float64."""
+  points = points.astype(np.float64)
+  d2 = np.sum((points[:, None, :] - centers[None, :, :]) ** 2, axis=-1)
+  k = np.argmin(d2, axis=1)
+  return k, points - centers[k]
+
+
+def _check_mixture(points: np.ndarray, centers: np.ndarray, std: float) -> None:
+  """An equal-weight mixture of isotropic N(center, std²) in 2-D."""
+  n, m = len(points), len(centers)
+  k, res = _nearest(points, centers)
+  # The modes are far apart compared with std, so the nearest center is the true one.
+  spacing = min(np.linalg.norm(a - b) for a, b in itertools.combinations(centers, 2))
+  assert spacing > 30 * std  # Half-way between modes is ≥ 15 std.
+  # Every point within 6 std of its center (P(‖z‖ > 6) = e⁻¹⁸ for a 2-D standard normal).
+  assert np.max(np.linalg.norm(res, axis=1)) < 6 * std
+  # Per-coordinate std within 3% (its standard error is std/√(2n) ≈ 0.5% here) and mean zero.
+  np.testing.assert_allclose(res.std(axis=0), std, rtol=0.03)
+  np.testing.assert_allclose(res.mean(axis=0), 0.0, atol=4 * std / math.sqrt(n))
+  # Coordinates independent: the correlation is 0 within 4 standard errors (1/√n).
+  assert abs(np.corrcoef(res.T)[0, 1]) < 4 / math.sqrt(n)
+  # Mode frequencies 1/m within 4 binomial standard errors.
+  freq = np.bincount(k, minlength=m) / n
+  se = math.sqrt((1 / m) * (1 - 1 / m) / n)
+  np.testing.assert_allclose(freq, 1 / m, rtol=0, atol=4 * se)
+
+
+def test_eight_gaussians():
+  angles = np.arange(8) * math.pi / 4
+  centers = (2 / 1.414) * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+  _check_mixture(toy.sample("8gaussians", N, seed=0, stream=0, index=0), centers, 0.02 / 1.414)
+
+
+def test_twenty_five_gaussians():
+  grid = 2.0 * np.arange(-2, 3) / 2.828
+  centers = np.array([(a, b) for a in grid for b in grid])
+  assert len(centers) == 25
+  _check_mixture(toy.sample("25gaussians", N, seed=0, stream=0, index=0), centers, 0.05 / 2.828)
+
+
+def test_swiss_roll():
+  """t ~ U[1.5π, 4.5π), (t cos t, t sin t) + N(0, 0.25²) per coordinate, all over 7.5."""
+  x = toy.sample("swissroll", N, seed=0, stream=0, index=0).astype(np.float64)
+  p = 7.5 * x
+  r = np.linalg.norm(p, axis=1)
+  # ‖p‖ ≤ t + ‖noise‖ < 4.5π + 6·0.25 (P(‖noise‖ > 6·0.25) = e⁻¹⁸ per point); so is max |x|.
+  bound = (4.5 * math.pi + 6 * 0.25) / 7.5
+  assert np.max(np.abs(x)) <= bound
+  assert np.max(r) / 7.5 <= bound
+  assert np.min(r) >= 1.5 * math.pi - 6 * 0.25
+  # Recover t: its angle is t mod 2π, and t ≈ ‖p‖ (the noise is small against the 2π spacing
+  # of the turns), so t̂ = the value ≡ angle (mod 2π) nearest to ‖p‖.
+  angle = np.arctan2(p[:, 1], p[:, 0])
+  t_hat = angle + 2 * math.pi * np.round((r - angle) / (2 * math.pi))
+  # ‖p‖ − t̂ ≈ n_radial − n_tangential / t, of std 0.25·√(1 + E[1/t²]) ≈ 0.2509.
+  resid = r - t_hat
+  std_want = 0.25 * math.sqrt(1 + 1 / (1.5 * math.pi * 4.5 * math.pi))
+  np.testing.assert_allclose(resid.std(), std_want, rtol=0.03)
+  np.testing.assert_allclose(resid.mean(), 0.0, atol=0.02)  # Bias ≈ E[n_t²/2t] ≈ 0.005.
+  # t̂ is uniform on [1.5π, 4.5π): mean 3π, std π·√3 ... up to the noise (std ≈ 0.25).
+  width = 3 * math.pi
+  np.testing.assert_allclose(t_hat.mean(), 3 * math.pi, atol=4 * width / math.sqrt(12 * N))
+  np.testing.assert_allclose(t_hat.std(), width / math.sqrt(12), rtol=0.02)
+  counts = np.histogram(t_hat, bins=6, range=(1.5 * math.pi + 0.5, 4.5 * math.pi - 0.5))[0]
+  expected = N * (width - 1.0) / 6 / width
+  np.testing.assert_allclose(counts, expected, atol=4 * math.sqrt(expected))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sample_is_a_pure_function_of_seed_stream_index(name):
+  base = toy.sample(name, 64, seed=3, stream=0, index=5)
+  assert base.shape == (64, 2) and base.dtype == np.float32
+  np.testing.assert_array_equal(toy.sample(name, 64, seed=3, stream=0, index=5), base)
+  for seed, stream, index in [(4, 0, 5), (3, 1, 5), (3, 0, 6), (3, 0, 0), (0, 3, 5), (5, 0, 3)]:
+    other = toy.sample(name, 64, seed=seed, stream=stream, index=index)
+    assert not np.any(np.all(other == base, axis=1)), (seed, stream, index)
+
+
+def test_names_give_different_distributions():
+  samples = [toy.sample(name, 64, 0, 0, 0) for name in NAMES]
+  for a, b in itertools.combinations(samples, 2):
+    assert not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_dataset_batch_is_the_whole_global_batch_in_one_process(name):
+  ds = toy.ToyDataset(name, global_batch_size=32, seed=7)
+  assert ds.kind == "points" and ds.shape == (2,)
+  for index in (0, 1, 1000):
+    batch = ds.batch(index)
+    assert batch.shape == (32, 2) and batch.dtype == np.float32
+    np.testing.assert_array_equal(batch, toy.sample(name, 32, 7, toy.TRAIN_STREAM, index))
+  assert not np.array_equal(ds.batch(0), ds.batch(1))
+  ref = ds.reference(100)
+  assert ref.shape == (100, 2) and ref.dtype == np.float32
+  np.testing.assert_array_equal(ref, toy.sample(name, 100, 7, toy.REFERENCE_STREAM, 0))
+  # Held-out data is not the training stream.
+  assert not np.array_equal(ref[:32], ds.batch(0))
