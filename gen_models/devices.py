@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -88,13 +89,13 @@ def global_batch(local: Any, mesh: Mesh, batch_axis: int = 0) -> Any:
 
 
 def to_host(tree: Any) -> Any:
-  """Replicated (or fully addressable) arrays → numpy, on every process."""
+  """Global arrays → numpy with the full global value, on every process."""
 
   def one(x):
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      if not x.is_fully_replicated:
-        raise ValueError(f"to_host needs a replicated array, got sharding {x.sharding}")
-      x = x.addressable_data(0)
+      if x.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
 
   return jax.tree.map(one, tree)

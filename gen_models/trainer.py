@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from gen_models import config as config_lib
 from gen_models import data as data_lib
@@ -49,7 +50,16 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> str:
   except OSError as e:
     raise UserError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from None
   path = os.path.join(workdir, "config.json")
-  if os.path.exists(path):
+  written = False
+  if jax.process_index() == 0 and not os.path.exists(path):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+      f.write(config_lib.to_json(config))
+    os.replace(tmp, path)  # Atomic: other processes never read a half-written file.
+    written = True
+  if jax.process_count() > 1:  # Process 0 has written config.json before anyone reads it.
+    multihost_utils.sync_global_devices("gen_models.prepare_workdir")
+  if not written and os.path.exists(path):
     with open(path) as f:
       old = config_lib.from_json(f.read())
     changed = config_lib.changed_keys(old, config)
@@ -61,9 +71,6 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> str:
       )
     if changed:
       info(f"resuming with changed {', '.join(changed)} (config.json keeps the original)")
-  elif jax.process_index() == 0:
-    with open(path, "w") as f:
-      f.write(config_lib.to_json(config))
   return workdir
 
 
@@ -144,13 +151,19 @@ def load_run(workdir: str, devices: Sequence[jax.Device] | None = None):
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise UserError(f"no run in {workdir} (no config.json)")
-  with open(path) as f:
-    config = config_lib.validate(config_lib.from_json(f.read()))
+  try:
+    with open(path) as f:
+      config = config_lib.validate(config_lib.from_json(f.read()))
+  except json.JSONDecodeError as e:
+    raise UserError(f"{path} is not valid JSON: {e}") from None
   family = models.make_family(config, data_lib.example_shape(config))
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise UserError(f"no checkpoint yet in {ckpt_dir}")
+  ckpt = Checkpointer(ckpt_dir, read_only=True)
   try:
     if ckpt.latest_step() is None:
-      raise UserError(f"no checkpoint yet in {ckpt.directory}")
+      raise UserError(f"no checkpoint yet in {ckpt_dir}")
     sharding = dev.replicated(dev.make_mesh(devices))
     state, _ = restore_or_init(family, ckpt, jax.random.key(config.seed), sharding)
   finally:
