@@ -16,8 +16,10 @@ are per backend (``CONFIGS``): one cifar10 step takes ~40 s on a 2-core CPU.
 * ``cifar10``: ``experiments/configs/wgan_gp_cifar10.py`` on 32×32×3 standard-normal batches
   (no TFDS data needed).
 
-With more than one device, every config is also run on one device, and the all-device row's
-``ratio`` column is its ``examples_per_s`` over the one-device row's (same global batch).
+Side by side in one run, each config is timed with the n_critic critic updates as a rolled
+``lax.scan`` and unrolled (``gan.unroll_critic``), on one device and, when there are several,
+on all of them. ``ratio`` is a row's ``examples_per_s`` over the config's first row (1 device,
+scan), so machine noise that hits the whole run cancels.
 Prints a table and writes the rows, with the JAX version, backend, device kind and date, as JSON.
 """
 
@@ -67,6 +69,7 @@ COLUMNS = (
   ("config", str),
   ("backend", str),
   ("devices", str),
+  ("critic_loop", str),
   ("batch", str),
   ("n_critic", str),
   ("compile_s", "{:.2f}".format),
@@ -86,10 +89,15 @@ def _batches(name: str, config, shape: tuple[int, ...], n_critic: int) -> list[n
   return [rng.standard_normal(size, dtype=np.float32) for _ in range(POOL)]
 
 
-def bench(name: str, devices: list[jax.Device], steps: int, warmup: int) -> dict:
-  """One row: compile time and throughput of config ``name``'s train step on ``devices``."""
+def bench(name: str, devices: list[jax.Device], steps: int, warmup: int, unroll: bool) -> dict:
+  """One row: compile time and throughput of config ``name``'s train step on ``devices``.
+
+  ``unroll`` selects ``gan.unroll_critic``: the n_critic critic updates as a rolled
+  ``lax.scan`` (False) or unrolled into straight-line code (True).
+  """
   get_config, shape, _ = CONFIGS[name]
   config = get_config()
+  config.gan.unroll_critic = unroll
   if _BATCH_SIZE.value is not None:
     config.batch_size = _BATCH_SIZE.value
   config = config_lib.validate(config)
@@ -127,6 +135,7 @@ def bench(name: str, devices: list[jax.Device], steps: int, warmup: int) -> dict
     "config": name,
     "backend": jax.default_backend(),
     "devices": len(devices),
+    "critic_loop": "unrolled" if unroll else "scan",
     "batch": config.batch_size,
     "n_critic": n_critic,
     "compile_s": compile_s,
@@ -160,12 +169,14 @@ def run() -> dict:
     default_steps, default_warmup = defaults.get(jax.default_backend(), defaults["default"])
     steps = _STEPS.value if _STEPS.value is not None else default_steps
     warmup = _WARMUP.value if _WARMUP.value is not None else default_warmup
-    row = bench(name, all_devices, steps, warmup)
-    if len(all_devices) > 1:
-      single = bench(name, all_devices[:1], steps, warmup)
-      row["ratio"] = row["examples_per_s"] / single["examples_per_s"]
-      rows.append(single)
-    rows.append(row)
+    device_sets = [all_devices[:1]] + ([all_devices] if len(all_devices) > 1 else [])
+    baseline = None
+    for devices in device_sets:
+      for unroll in (False, True):
+        row = bench(name, devices, steps, warmup, unroll)
+        baseline = baseline or row["examples_per_s"]
+        row["ratio"] = row["examples_per_s"] / baseline
+        rows.append(row)
   return {
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     "jax_version": jax.__version__,
@@ -174,7 +185,9 @@ def run() -> dict:
     "num_devices": len(all_devices),
     "python": platform.python_version(),
     "machine": platform.machine(),
-    "ratio_definition": "examples_per_s on all devices / on one device (same global batch)",
+    "ratio_definition": (
+      "examples_per_s / that of the config's first row (1 device, scan), same global batch"
+    ),
     "rows": rows,
   }
 

@@ -23,6 +23,7 @@ def get_config(arg: str | None = None):
   c.gan.mlp_width = 256
   c.gan.mlp_depth = 3
   c.gan.gp_weight = 0.1
+  c.gan.unroll_critic = True  # 1.14× faster on CPU (experiments/bench_train.py); cheap compile.
   c.optimizer.learning_rate = 1e-4
   c.optimizer.b1 = 0.5
   c.optimizer.b2 = 0.9
