@@ -99,12 +99,17 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         f"got {value!r} ({type(value).__name__})"
       )
   for key, value in flat_user.items():
-    *parents, leaf = key.split(".")
-    node = defaults
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+    set_path(defaults, key, value)
   return defaults
+
+
+def set_path(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+  """``set_path(c, "optimizer.learning_rate", 3e-4)`` sets ``c.optimizer.learning_rate``."""
+  *parents, leaf = key.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
