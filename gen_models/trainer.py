@@ -34,6 +34,15 @@ from gen_models.train_state import tree_all_finite
 SAMPLE_STREAM = 1_000_003  # fold_in constant of the fixed key used for sample PNGs and eval.
 
 
+def _read_config(path: str) -> ml_collections.ConfigDict:
+  """A workdir's ``config.json``; a one-line error if it is not valid JSON."""
+  try:
+    with open(path) as f:
+      return config_lib.from_json(f.read())
+  except json.JSONDecodeError as e:
+    raise UserError(f"{path} is not valid JSON: {e}") from None
+
+
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> str:
   """Creates ``workdir`` (checking it is writable) and records or checks ``config.json``.
 
@@ -60,8 +69,7 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> str:
   if jax.process_count() > 1:  # Process 0 has written config.json before anyone reads it.
     multihost_utils.sync_global_devices("gen_models.prepare_workdir")
   if not written and os.path.exists(path):
-    with open(path) as f:
-      old = config_lib.from_json(f.read())
+    old = _read_config(path)
     changed = config_lib.changed_keys(old, config)
     fixed = [k for k in changed if k not in config_lib.RESUMABLE_KEYS]
     if fixed:
@@ -151,11 +159,7 @@ def load_run(workdir: str, devices: Sequence[jax.Device] | None = None):
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise UserError(f"no run in {workdir} (no config.json)")
-  try:
-    with open(path) as f:
-      config = config_lib.validate(config_lib.from_json(f.read()))
-  except json.JSONDecodeError as e:
-    raise UserError(f"{path} is not valid JSON: {e}") from None
+  config = config_lib.validate(_read_config(path))
   family = models.make_family(config, data_lib.example_shape(config))
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(ckpt_dir):
