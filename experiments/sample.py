@@ -16,14 +16,11 @@ from __future__ import annotations
 import os
 import tempfile
 
-import jax
 import numpy as np
 from absl import app, flags
 
 from experiments import cli
-from gen_models import data, trainer
-from gen_models import devices as dev
-from gen_models.data import images
+from gen_models import sampling
 from gen_models.errors import UserError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a run (holds config.json).")
@@ -54,23 +51,8 @@ def sample_to_file(
   workdir: str, num_samples: int, output: str, seed: int | None, batch_size: int
 ) -> tuple[tuple[int, ...], int]:
   """Writes the samples; returns ``(shape of the saved array, checkpoint step)``."""
-  if num_samples < 1:
-    raise UserError(f"--num_samples must be >= 1, got {num_samples}")
-  if batch_size < 1:
-    raise UserError(f"--batch_size must be >= 1, got {batch_size}")
   output = _check_output(output)
-  config, family, state = trainer.load_run(workdir, jax.local_devices())
-  step = int(dev.to_host(state.step))
-  kind = "points" if config.dataset.name in data.POINT_DATASETS else "images"
-
-  key = jax.random.key(config.seed if seed is None else seed)
-  sample_fn = jax.jit(family.sample, static_argnums=2)
-  chunks = []
-  for i, start in enumerate(range(0, num_samples, batch_size)):
-    n = min(batch_size, num_samples - start)
-    x = dev.to_host(sample_fn(state, jax.random.fold_in(key, i), n))
-    chunks.append(images.to_uint8(x) if kind == "images" else np.asarray(x, np.float32))
-  samples = np.concatenate(chunks)
+  samples, _, step = sampling.draw_samples(workdir, num_samples, seed, batch_size)
   try:
     np.save(output, samples, allow_pickle=False)
   except OSError as e:

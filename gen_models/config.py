@@ -24,6 +24,10 @@ RESUMABLE_KEYS = (
   "checkpoint_every_steps",
   "max_checkpoints_to_keep",
   "eval.num_samples",
+  "eval.metrics",
+  "eval.extractor",
+  "eval.inception_weights",
+  "eval.nearest_k",
   "dataset.data_dir",
 )
 
@@ -51,6 +55,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.num_samples = 1000
   c.eval.num_image_samples = 64  # Images in each sample grid PNG.
+  # Sample-quality metrics at every eval: comma-separated from fid, is, kid, prdc ("" = none),
+  # on eval.num_samples generated vs as many held-out real examples.
+  c.eval.metrics = ""
+  c.eval.extractor = "auto"  # auto: Inception for images, identity for points.
+  c.eval.inception_weights = ""  # "" = $GEN_MODELS_INCEPTION_WEIGHTS or the cache path.
+  c.eval.nearest_k = 0  # k of precision/recall/density/coverage; 0 = the papers' 3 and 5.
   return c
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 
 import jax
@@ -86,3 +87,43 @@ class Progress:
 def info(msg: str) -> None:
   if jax.process_index() == 0:
     logging.info("%s", msg)
+
+
+class ProgressBar:
+  """A console progress bar for long host-side work (feature extraction, metrics), on stderr.
+
+  ``bar = ProgressBar(stream)``; ``bar(label, done, total)`` redraws at most every
+  ``min_interval`` seconds (``\\r`` on a terminal, one line per ~10% otherwise, so logs stay
+  short) and ends the line when ``done == total``. Only process 0 draws.
+  """
+
+  def __init__(self, stream=None, min_interval: float = 0.5):
+    self.stream = stream if stream is not None else sys.stderr
+    self.min_interval = min_interval
+    self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+    self._label, self._start, self._last, self._last_pct = None, 0.0, 0.0, -1
+
+  def __call__(self, label: str, done: int, total: int) -> None:
+    if jax.process_index() != 0:
+      return
+    now = time.perf_counter()
+    if label != self._label:
+      self._label, self._start, self._last, self._last_pct = label, now, 0.0, -1
+    finished = done >= total
+    pct = int(100 * done / max(total, 1))
+    if not finished and (
+      now - self._last < self.min_interval or (not self._tty and pct // 10 == self._last_pct // 10)
+    ):
+      return
+    self._last, self._last_pct = now, pct
+    elapsed = now - self._start
+    eta = elapsed * (total - done) / done if done else float("inf")
+    width = 30
+    bar = "#" * (width * done // max(total, 1))
+    line = (
+      f"{label}: [{bar:<{width}}] {done}/{total} {pct:3d}% "
+      f"{format_duration(elapsed)} elapsed, ETA {format_duration(eta)}"
+    )
+    end = "\n" if finished or not self._tty else ""
+    self.stream.write(("\r" if self._tty else "") + line + end)
+    self.stream.flush()

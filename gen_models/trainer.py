@@ -29,6 +29,9 @@ from gen_models.data.images import to_uint8
 from gen_models.errors import UserError
 from gen_models.images import image_grid, scatter
 from gen_models.logs import MetricWriter, Progress, format_duration, info
+from gen_models.metrics import evaluate as evaluate_lib
+from gen_models.metrics import extractors
+from gen_models.sampling import sample_chunks
 from gen_models.train_state import tree_all_finite
 
 SAMPLE_STREAM = 1_000_003  # fold_in constant of the fixed key used for sample PNGs and eval.
@@ -110,11 +113,14 @@ def _due(step: int, every: int, total: int) -> bool:
 class _Outputs:
   """Sample PNGs and evaluation metrics, with the fixed sample key."""
 
-  def __init__(self, config, family, dataset, writer, base_key):
+  def __init__(self, config, family, dataset, writer, base_key, extract):
     self.config, self.family, self.dataset, self.writer = config, family, dataset, writer
     self.key = jax.random.fold_in(base_key, SAMPLE_STREAM)
     self._sample = jax.jit(family.sample, static_argnums=2)
     self._reference = None
+    self.metrics = evaluate_lib.parse_metrics(config.eval.metrics)
+    self._extract = extract
+    self._real_features = None
 
   def reference(self):
     if self._reference is None and self.family.num_reference:
@@ -132,9 +138,57 @@ class _Outputs:
       fake = dev.to_host(self._sample(state, self.key, n))
       self.writer.image(step, "samples", image_grid(to_uint8(fake)))
 
+  def _features(self, samples: np.ndarray) -> evaluate_lib.Features:
+    if self.dataset.kind == "images":
+      samples = to_uint8(samples)
+    features, logits = self._extract(samples)
+    return evaluate_lib.Features(features=features, logits=logits)
+
+  def sample_metrics(self, state) -> dict[str, float]:
+    """``eval.metrics`` of ``eval.num_samples`` samples vs as many held-out real examples."""
+    n = self.config.eval.num_samples
+    if self._real_features is None:  # Constant for the run: extracted once.
+      self._real_features = self._features(self.dataset.reference(n))
+    key = jax.random.fold_in(self.key, 1)
+    fake = sample_chunks(self._sample, state, key, n, min(n, self.config.batch_size))
+    results = evaluate_lib.compute(
+      self._real_features,
+      self._features(fake),
+      self.metrics,
+      nearest_k=self.config.eval.nearest_k or None,
+      seed=self.config.seed,
+    )
+    return {k: v for k, v in results.items() if not k.startswith(("num_", "nearest_k"))}
+
   def evaluate(self, step: int, state) -> dict[str, float]:
     results = self.family.evaluate(state, self.key, self.reference())
+    if self.metrics:
+      results.update(self.sample_metrics(state))
     return {f"eval/{k}": float(v) for k, v in results.items()}
+
+
+def metric_extractor(config, kind: str):
+  """The feature extractor of ``eval.metrics`` (None when there are none).
+
+  Made before the workdir is touched, so that missing Inception weights or a metric the data
+  cannot give stop the run at once, not at its first evaluation.
+  """
+  metrics = evaluate_lib.parse_metrics(config.eval.metrics)
+  if not metrics:
+    return None
+  extract = extractors.for_samples(
+    config.eval.extractor,
+    kind,
+    config.eval.inception_weights or None,
+    devices=jax.local_devices(),
+    flag="--config.eval.inception_weights",
+  )
+  if "is" in metrics and extract is extractors.identity:
+    raise UserError(
+      "eval.metrics has 'is', which needs class logits; the identity extractor (used for "
+      "points) has none: drop 'is' or use the Inception extractor on images"
+    )
+  return extract
 
 
 def restore_or_init(family, ckpt: Checkpointer, base_key, sharding):
@@ -200,6 +254,7 @@ def train(
   dev.check_batch_size(config.batch_size, mesh)
   dataset = data_lib.create(config, config.batch_size)
   family = models.make_family(config, dataset.shape)
+  extract = metric_extractor(config, dataset.kind)
   workdir = prepare_workdir(workdir, config)  # Only once the config is known to be usable.
 
   state_sharding = dev.replicated(mesh)
@@ -217,7 +272,7 @@ def train(
     async_save=config.async_checkpointing,
   )
   writer = MetricWriter(workdir)
-  outputs = _Outputs(config, family, dataset, writer, base_key)
+  outputs = _Outputs(config, family, dataset, writer, base_key, extract)
   data_iter = data_lib.StepIterator(dataset, family.batches_per_step)
   try:
     state, data_state = restore_or_init(family, ckpt, base_key, state_sharding)

@@ -1,0 +1,170 @@
+r"""Sample-quality metrics of generated samples against real ones, written to JSON.
+
+    python -m experiments.evaluate --real=REAL --fake=FAKE --metrics=fid,is,kid,prdc \
+        [--nearest_k=K] --output=OUT.json
+
+REAL and FAKE are each one of
+- a ``.npy`` array: features ``(N, D)`` (used as they are) or uint8 images ``(N, H, W, C)`` (run
+  through the FID Inception-v3; weights from ``--inception_weights`` or the cache path);
+- a ``.npz`` with ``features`` (and optionally ``logits``, for IS), or ``images``, or FID
+  statistics ``mu``/``sigma`` (FID only; ``--save_real_stats`` writes such a file);
+- a workdir: ``--num_samples`` samples are drawn from its latest checkpoint (as
+  ``experiments.sample`` does, with ``--seed``).
+
+The JSON holds ``fid``, ``is_mean``, ``is_std``, ``kid_mean``, ``kid_std``, ``precision``,
+``recall``, ``density``, ``coverage`` (those requested), the sample counts and the k's. Argument
+order is ``(real, fake)``: precision/density measure fidelity, recall/coverage diversity.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from absl import app, flags
+
+from experiments import cli
+from gen_models import logs
+from gen_models.errors import UserError
+from gen_models.metrics import evaluate, extractors
+from gen_models.metrics import fid as fid_lib
+from gen_models.sampling import draw_samples
+
+_REAL = flags.DEFINE_string("real", None, "Real samples: .npy, .npz or a workdir.")
+_FAKE = flags.DEFINE_string("fake", None, "Generated samples: .npy, .npz or a workdir.")
+_METRICS = flags.DEFINE_string(
+  "metrics", "fid,kid,prdc", f"Comma-separated, from: {', '.join(evaluate.METRICS)}."
+)
+_NEAREST_K = flags.DEFINE_integer(
+  "nearest_k", None, "k for precision/recall/density/coverage (default: 3 for P/R, 5 for D/C)."
+)
+_TIES = flags.DEFINE_enum(
+  "ties", "<=", ["<=", "<"], "Is a point at exactly the k-NN radius inside the ball (<=) or not."
+)
+_OUTPUT = flags.DEFINE_string("output", None, "Output JSON file.")
+_EXTRACTOR = flags.DEFINE_enum(
+  "extractor", "auto", list(extractors.NAMES), "auto: Inception for images, identity otherwise."
+)
+_WEIGHTS = flags.DEFINE_string(
+  "inception_weights", None, "Inception .npz (default: $GEN_MODELS_INCEPTION_WEIGHTS or cache)."
+)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 100, "Images per Inception / sampling call.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 10_000, "Samples drawn from a workdir.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the KID subsets and of workdir sampling.")
+_KID_SUBSETS = flags.DEFINE_integer("kid_subsets", 100, "KID: number of random subsets.")
+_KID_SUBSET_SIZE = flags.DEFINE_integer("kid_subset_size", 1000, "KID: subset size.")
+_SAVE_REAL_STATS = flags.DEFINE_string(
+  "save_real_stats", None, "Also write the real features' FID statistics to this .npz."
+)
+flags.mark_flags_as_required(["real", "fake", "output"])
+
+
+def _arrays_of(path: str) -> dict[str, np.ndarray]:
+  try:
+    if path.endswith(".npy"):
+      return {"array": np.load(path, allow_pickle=False)}
+    with np.load(path, allow_pickle=False) as f:
+      return {k: f[k] for k in f.files}
+  except (OSError, ValueError) as e:
+    raise UserError(f"cannot read {path}: {e}") from None
+
+
+def load_side(path: str, which: str, progress) -> tuple[np.ndarray | None, dict, str]:
+  """``(samples or None, extra arrays, kind)`` of one input; kind: images, features or stats."""
+  if os.path.isdir(path):
+    samples, kind, step = draw_samples(path, _NUM_SAMPLES.value, _SEED.value, _BATCH_SIZE.value)
+    logs.info(f"{which}: {len(samples)} samples from {path} at step {step}")
+    return samples, {}, "images" if kind == "images" else "features"
+  if not os.path.exists(path):
+    raise UserError(f"--{which}={path} does not exist")
+  if not path.endswith((".npy", ".npz")):
+    raise UserError(f"--{which} must be a .npy, a .npz or a workdir, got {path}")
+  arrays = _arrays_of(path)
+  if "mu" in arrays and "sigma" in arrays:
+    return None, {"stats": fid_lib.load_stats(path)}, "stats"
+  if "array" in arrays:
+    x, extra = arrays["array"], {}
+  elif "features" in arrays:
+    x, extra = arrays["features"], {k: v for k, v in arrays.items() if k == "logits"}
+  elif "images" in arrays:
+    x, extra = arrays["images"], {}
+  elif len(arrays) == 1:
+    x, extra = next(iter(arrays.values())), {}
+  else:
+    raise UserError(f"{path}: expected arrays 'features' [+ 'logits'], 'images' or 'mu'+'sigma'")
+  if x.ndim == 4 and x.dtype == np.uint8:
+    return x, extra, "images"
+  if x.ndim == 4:
+    raise UserError(f"{path}: images must be uint8 in [0, 255], got {x.dtype}")
+  if x.ndim == 2 and np.issubdtype(x.dtype, np.number):
+    return x, extra, "features"
+  raise UserError(f"{path}: expected (N, D) features or (N, H, W, C) uint8 images, got {x.shape}")
+
+
+def features_of(path: str, which: str, progress) -> evaluate.Features:
+  samples, extra, kind = load_side(path, which, progress)
+  if kind == "stats":
+    return evaluate.Features(stats=extra["stats"])
+  if len(samples) < 2:
+    raise UserError(f"--{which} has {len(samples)} samples; at least 2 are needed")
+  extract = extractors.for_samples(
+    _EXTRACTOR.value, kind, _WEIGHTS.value, _BATCH_SIZE.value, flag="--inception_weights"
+  )
+  features, logits = extract(samples, progress=lambda d, t: progress(f"{which} features", d, t))
+  if logits is None:
+    logits = extra.get("logits")
+  return evaluate.Features(features=features, logits=logits)
+
+
+def run() -> dict:
+  metrics = evaluate.parse_metrics(_METRICS.value)
+  if not metrics:
+    raise UserError("--metrics is empty")
+  output = os.path.abspath(_OUTPUT.value)
+  if not os.path.isdir(os.path.dirname(output)):
+    raise UserError(f"output directory {os.path.dirname(output)} does not exist")
+  if _NEAREST_K.value is not None and _NEAREST_K.value < 1:
+    raise UserError(f"--nearest_k must be >= 1, got {_NEAREST_K.value}")
+  progress = logs.ProgressBar()
+  real = features_of(_REAL.value, "real", progress)
+  fake = features_of(_FAKE.value, "fake", progress)
+  if _SAVE_REAL_STATS.value:
+    if real.features is None:
+      raise UserError("--save_real_stats needs real features, not statistics")
+    fid_lib.save_stats(_SAVE_REAL_STATS.value, fid_lib.feature_stats(real.features))
+  results = evaluate.compute(
+    real,
+    fake,
+    metrics,
+    nearest_k=_NEAREST_K.value,
+    ties=_TIES.value,
+    kid_subsets=_KID_SUBSETS.value,
+    kid_subset_size=_KID_SUBSET_SIZE.value,
+    seed=_SEED.value,
+    progress=progress,
+  )
+  results["ties"] = _TIES.value
+  tmp = output + ".tmp"
+  try:
+    with open(tmp, "w") as f:
+      json.dump(results, f, indent=2, sort_keys=True)
+      f.write("\n")
+    os.replace(tmp, output)
+  except OSError as e:
+    raise UserError(f"cannot write {output}: {e.strerror or e}") from None
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.quiet_library_logs()
+  results = cli.run_user_errors_as_exit(run)
+  for key, value in results.items():
+    print(f"{key:>28s}  {value:.6g}" if isinstance(value, float) else f"{key:>28s}  {value}")
+  print(f"wrote {_OUTPUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

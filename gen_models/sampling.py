@@ -1,0 +1,56 @@
+"""Samples of a trained run, drawn reproducibly from its latest checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from gen_models import data
+from gen_models import devices as dev
+from gen_models.data import images
+from gen_models.errors import UserError
+
+
+def sample_chunks(
+  sample_fn: Callable[[object, jax.Array, int], jax.Array],
+  state,
+  key: jax.Array,
+  num_samples: int,
+  batch_size: int,
+) -> np.ndarray:
+  """``num_samples`` samples on the host, chunk ``i`` of ``batch_size`` drawn with
+  ``sample_fn(state, fold_in(key, i), n)`` (model space: points, or images in [-1, 1])."""
+  chunks = []
+  for i, start in enumerate(range(0, num_samples, batch_size)):
+    n = min(batch_size, num_samples - start)
+    chunks.append(np.asarray(dev.to_host(sample_fn(state, jax.random.fold_in(key, i), n))))
+  return np.concatenate(chunks)
+
+
+def draw_samples(
+  workdir: str, num_samples: int, seed: int | None, batch_size: int
+) -> tuple[np.ndarray, str, int]:
+  """``(samples, kind, checkpoint step)`` from the latest checkpoint of the run in ``workdir``.
+
+  Chunk ``i`` of ``batch_size`` samples uses the key ``fold_in(key(seed), i)``, ``seed``
+  defaulting to the run's ``config.seed``: a given ``(seed, batch_size, num_samples)`` always
+  gives the same samples. Runs in this process on its local devices.
+
+  ``kind`` is ``"images"`` (uint8 ``(N, H, W, C)``) or ``"points"`` (float32 ``(N, D)``).
+  """
+  if num_samples < 1:
+    raise UserError(f"--num_samples must be >= 1, got {num_samples}")
+  if batch_size < 1:
+    raise UserError(f"--batch_size must be >= 1, got {batch_size}")
+  from gen_models import trainer  # The trainer imports this module.
+
+  config, family, state = trainer.load_run(workdir, jax.local_devices())
+  step = int(dev.to_host(state.step))
+  kind = "points" if config.dataset.name in data.POINT_DATASETS else "images"
+
+  key = jax.random.key(config.seed if seed is None else seed)
+  sample_fn = jax.jit(family.sample, static_argnums=2)
+  x = sample_chunks(sample_fn, state, key, num_samples, batch_size)
+  return (images.to_uint8(x) if kind == "images" else x.astype(np.float32)), kind, step
