@@ -2,7 +2,10 @@
 
 Algorithm 1 hyper-parameters: Adam(1e-4, β1=0, β2=0.9), λ = 10, n_critic = 5, batch 64,
 z ~ N(0, I₁₂₈), 200k generator steps in the paper (100k here by default).
-Needs the prepared TFDS dataset (``--config.dataset.data_dir=DIR``); ``:smoke`` is tiny.
+Needs the prepared TFDS dataset (``--config.dataset.data_dir=DIR``) and, for the evaluation
+(FID, IS, KID, precision/recall/density/coverage of 10,000 samples against the 10,000 test
+images, every 10k steps and at the end), the converted FID Inception weights (see README);
+``--config.eval.metrics=`` turns it off. ``:smoke`` is tiny and computes no metrics.
 """
 
 from experiments.configs.common import parse_arg
@@ -22,10 +25,12 @@ def get_config(arg: str | None = None, dataset: str = "cifar10"):
   c.optimizer.b2 = 0.9
   c.num_train_steps = 100_000
   c.log_every_steps = 100
-  c.eval_every_steps = 0
+  c.eval_every_steps = 10_000
   c.sample_every_steps = 1000
   c.checkpoint_every_steps = 5000
   c.eval.num_image_samples = 100
+  c.eval.metrics = "fid,is,kid,prdc"
+  c.eval.num_samples = 10_000
   if args["smoke"]:
     c.batch_size = 8
     c.gan.dcgan_dim = 8
@@ -36,4 +41,5 @@ def get_config(arg: str | None = None, dataset: str = "cifar10"):
     c.sample_every_steps = 3
     c.checkpoint_every_steps = 2
     c.eval.num_image_samples = 16
+    c.eval.metrics = ""
   return c
