@@ -5,6 +5,9 @@ import subprocess
 import sys
 
 os.environ["JAX_PLATFORMS"] = "cpu"
+# pytest -n 2 runs two workers on two cores: one BLAS thread each. Two spinning OpenBLAS threads
+# per worker made a 2048² eigh 10× slower (measured), and subprocesses inherit this.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()

@@ -49,6 +49,7 @@ def _check(real: np.ndarray, fake: np.ndarray) -> None:
 
 def work_units(n_real: int, n_fake: int, block: int = knn.DEFAULT_BLOCK) -> int:
   """Tiles :func:`prdc` computes (the ``total`` for its ``progress`` callback)."""
+  block = min(block, max(n_real, n_fake))
   return (
     knn.self_tile_count(n_real, block)
     + knn.self_tile_count(n_fake, block)
@@ -89,12 +90,18 @@ def prdc(
     raise ValueError(f"ties must be one of {knn.TIES}, got {ties!r}")
   shift = real.mean(axis=0, dtype=np.float64) if center else None
   k_pr, k_dc = k_precision_recall, k_density_coverage
-  # The same k's for both sets: one compiled tile function serves both passes.
-  real_r = knn.kth_neighbour_sq_distances(real, {k_pr, k_dc}, block, shift, progress)
-  fake_r = knn.kth_neighbour_sq_distances(fake, {k_pr, k_dc}, block, shift, progress)
-  counts, real_in_fake, nearest_fake = knn.cross_counts(
-    real, fake, [real_r[k_pr], real_r[k_dc]], fake_r[k_pr], ties, block, shift, progress
+  # Memory: the inputs plus one prepared (shifted float32) copy of one set at a time. The same
+  # k's for both sets, so one compiled tile function serves both self passes.
+  block = min(block, max(len(real), len(fake)))
+  fake_r = knn.kth_neighbour_sq_distances(
+    knn.prepare(fake, block, shift), {k_pr, k_dc}, progress=progress
   )
+  real_p = knn.prepare(real, block, shift)
+  real_r = knn.kth_neighbour_sq_distances(real_p, {k_pr, k_dc}, progress=progress)
+  counts, real_in_fake, nearest_fake = knn.cross_counts(
+    real_p, fake, [real_r[k_pr], real_r[k_dc]], fake_r[k_pr], ties, shift, progress
+  )
+  del real_p
   inside = nearest_fake <= real_r[k_dc] if ties == "<=" else nearest_fake < real_r[k_dc]
   return {
     "precision": float(np.mean(counts[0] > 0)),
