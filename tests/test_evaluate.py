@@ -176,3 +176,79 @@ def test_extractors_identity_and_user_function():
     extractors.for_samples("vgg", "images")
   with pytest.raises(UserError, match="needs images"):
     extractors.for_samples("inception", "points")
+
+
+@pytest.fixture(scope="module")
+def random_inception(tmp_path_factory):
+  from gen_models.metrics import inception
+
+  path = str(tmp_path_factory.mktemp("inception") / "random.npz")
+  inception.save_variables(path, inception.random_variables(0))
+  return path
+
+
+def test_cli_runs_images_through_inception(tmp_path, random_inception):
+  from gen_models.metrics import inception
+
+  rng = np.random.default_rng(0)
+  real = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+  fake = rng.integers(0, 256, (5, 32, 32, 1), dtype=np.uint8)  # grayscale is repeated to RGB
+  np.save(tmp_path / "real.npy", real)
+  np.savez(tmp_path / "fake.npz", images=fake)
+  out = tmp_path / "out.json"
+  proc = _run(
+    f"--real={tmp_path / 'real.npy'}",
+    f"--fake={tmp_path / 'fake.npz'}",
+    "--metrics=fid,is",
+    f"--inception_weights={random_inception}",
+    "--batch_size=4",
+    f"--output={out}",
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  got = json.loads(out.read_text())
+  extract = inception.InceptionExtractor(inception.load_variables(random_inception), 4)
+  real_features, _ = extract(real)
+  fake_features, fake_logits = extract(fake)
+  assert got["fid"] == pytest.approx(fid.fid(real_features, fake_features), rel=1e-4)
+  expected_is = is_lib.inception_score(logits=fake_logits, splits=5)
+  assert got["is_mean"] == pytest.approx(expected_is[0], rel=1e-5)
+
+
+def test_trainer_computes_image_metrics_with_inception(tmp_path, random_inception):
+  import tensorflow_datasets as tfds
+
+  from experiments.configs import wgan_gp_cifar10
+
+  config = wgan_gp_cifar10.get_config("smoke")
+  config_lib.set_path(config, "eval.metrics", "fid,is,kid,prdc")
+  config_lib.set_path(config, "eval.num_samples", 12)
+  config_lib.set_path(config, "eval.inception_weights", random_inception)
+  with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
+    last = trainer.train(config, str(tmp_path / "run"), devices=jax.devices()[:1])
+  for key in ("fid", "is_mean", "kid_mean", "precision", "recall", "density", "coverage"):
+    assert np.isfinite(last[f"eval/{key}"]), key
+  assert 1.0 <= last["eval/is_mean"] <= 1008.0
+
+
+def test_cli_draws_samples_from_a_workdir(tmp_path):
+  from gen_models.sampling import draw_samples
+
+  workdir = str(tmp_path / "run")
+  trainer.train(_toy_config(), workdir, devices=jax.devices()[:1])
+  real = np.random.default_rng(0).standard_normal((150, 2)).astype(np.float32)
+  np.save(tmp_path / "real.npy", real)
+  out = tmp_path / "out.json"
+  proc = _run(
+    f"--real={tmp_path / 'real.npy'}",
+    f"--fake={workdir}",
+    "--metrics=fid,prdc",
+    "--num_samples=120",
+    "--seed=3",
+    f"--output={out}",
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  got = json.loads(out.read_text())
+  fake, kind, _ = draw_samples(workdir, 120, 3, 100)
+  assert kind == "points" and got["num_fake"] == 120
+  assert got["fid"] == pytest.approx(fid.fid(real, fake), rel=1e-6)
+  assert got["precision"] == prdc.prdc(real, fake)["precision"]
