@@ -62,12 +62,13 @@ flags.mark_flags_as_required(["real", "fake", "output"])
 
 def _arrays_of(path: str) -> dict[str, np.ndarray]:
   try:
-    if path.endswith(".npy"):
-      return {"array": np.load(path, allow_pickle=False)}
-    with np.load(path, allow_pickle=False) as f:
+    loaded = np.load(path, allow_pickle=False)
+    if isinstance(loaded, np.ndarray):
+      return {"array": loaded}
+    with loaded as f:  # An .npz (whatever the file is called).
       return {k: f[k] for k in f.files}
-  except (OSError, ValueError) as e:
-    raise UserError(f"cannot read {path}: {e}") from None
+  except Exception as e:  # Truncated zips, bad CRCs, object arrays: all one line.
+    raise UserError(f"cannot read {path}: {type(e).__name__}: {e}") from None
 
 
 def load_side(path: str, which: str, progress) -> tuple[np.ndarray | None, dict, str]:
@@ -93,13 +94,24 @@ def load_side(path: str, which: str, progress) -> tuple[np.ndarray | None, dict,
     x, extra = next(iter(arrays.values())), {}
   else:
     raise UserError(f"{path}: expected arrays 'features' [+ 'logits'], 'images' or 'mu'+'sigma'")
+  if "logits" in extra and (extra["logits"].ndim != 2 or len(extra["logits"]) != len(x)):
+    raise UserError(f"{path}: logits must be (N={len(x)}, C), got {extra['logits'].shape}")
   if x.ndim == 4 and x.dtype == np.uint8:
+    if x.shape[-1] not in (1, 3):
+      raise UserError(
+        f"{path}: images must be (N, H, W, C) with C = 1 or 3 (channels last), got {x.shape}"
+      )
     return x, extra, "images"
   if x.ndim == 4:
     raise UserError(f"{path}: images must be uint8 in [0, 255], got {x.dtype}")
-  if x.ndim == 2 and np.issubdtype(x.dtype, np.number):
+  if x.ndim == 2 and x.shape[1] > 0 and np.issubdtype(x.dtype, np.number):
+    if not np.all(np.isfinite(x)):
+      raise UserError(f"{path}: the features hold NaN or infinite values")
     return x, extra, "features"
-  raise UserError(f"{path}: expected (N, D) features or (N, H, W, C) uint8 images, got {x.shape}")
+  raise UserError(
+    f"{path}: expected (N, D) numeric features or (N, H, W, C) uint8 images, got {x.dtype} "
+    f"{x.shape}"
+  )
 
 
 def features_of(path: str, which: str, progress) -> evaluate.Features:
@@ -126,13 +138,18 @@ def run() -> dict:
     raise UserError(f"output directory {os.path.dirname(output)} does not exist")
   if _NEAREST_K.value is not None and _NEAREST_K.value < 1:
     raise UserError(f"--nearest_k must be >= 1, got {_NEAREST_K.value}")
+  if _KID_SUBSETS.value < 1 or _KID_SUBSET_SIZE.value < 2:
+    raise UserError("--kid_subsets must be >= 1 and --kid_subset_size >= 2")
   progress = logs.ProgressBar()
   real = features_of(_REAL.value, "real", progress)
   fake = features_of(_FAKE.value, "fake", progress)
   if _SAVE_REAL_STATS.value:
     if real.features is None:
       raise UserError("--save_real_stats needs real features, not statistics")
-    fid_lib.save_stats(_SAVE_REAL_STATS.value, fid_lib.feature_stats(real.features))
+    try:
+      fid_lib.save_stats(_SAVE_REAL_STATS.value, fid_lib.feature_stats(real.features))
+    except OSError as e:
+      raise UserError(f"cannot write {_SAVE_REAL_STATS.value}: {e.strerror or e}") from None
   results = evaluate.compute(
     real,
     fake,

@@ -176,6 +176,14 @@ def metric_extractor(config, kind: str):
   metrics = evaluate_lib.parse_metrics(config.eval.metrics)
   if not metrics:
     return None
+  if config.eval.nearest_k < 0:
+    raise UserError(f"eval.nearest_k must be >= 0 (0: the defaults), got {config.eval.nearest_k}")
+  needed = max(config.eval.nearest_k, 5) + 1 if "prdc" in metrics else 2
+  if config.eval.num_samples < needed:
+    raise UserError(
+      f"eval.metrics {','.join(metrics)} need eval.num_samples >= {needed}, "
+      f"got {config.eval.num_samples}"
+    )
   extract = extractors.for_samples(
     config.eval.extractor,
     kind,

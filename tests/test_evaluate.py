@@ -93,6 +93,11 @@ def test_cli_nearest_k_ties_and_saved_statistics(arrays):
     ("stats_prdc", ["PRDC needs real features"]),
     ("big_k", ["nearest_k=400 needs more"]),
     ("not_a_run", ["no run in"]),
+    ("truncated_zip", ["cannot read", "BadZipFile"]),
+    ("channels_first", ["channels last"]),
+    ("bad_logits", ["logits must be (N=10, C)"]),
+    ("nan", ["NaN or infinite"]),
+    ("kid_flags", ["--kid_subset_size >= 2"]),
   ],
 )
 def test_cli_bad_input_is_one_line(arrays, tmp_path, case, fragments):
@@ -101,6 +106,10 @@ def test_cli_bad_input_is_one_line(arrays, tmp_path, case, fragments):
   np.save(tmp_path / "five.npy", np.zeros((10, 5), np.float32))
   np.save(tmp_path / "images.npy", np.zeros((4, 8, 8, 3), np.uint8))
   fid.save_stats(str(tmp_path / "stats.npz"), fid.feature_stats(real))
+  (tmp_path / "truncated.npz").write_bytes((d / "fake.npz").read_bytes()[:2000])
+  np.save(tmp_path / "nchw.npy", np.zeros((4, 3, 8, 8), np.uint8))
+  np.savez(tmp_path / "bad_logits.npz", features=np.zeros((10, 12)), logits=np.zeros((9, 4)))
+  np.save(tmp_path / "nan.npy", np.full((10, 12), np.nan, np.float32))
   real_npy, fake_npz = str(d / "real.npy"), str(d / "fake.npz")
   args = {
     "missing": [f"--real={tmp_path / 'nope.npy'}", f"--fake={fake_npz}"],
@@ -112,6 +121,11 @@ def test_cli_bad_input_is_one_line(arrays, tmp_path, case, fragments):
     "stats_prdc": [f"--real={tmp_path / 'stats.npz'}", f"--fake={fake_npz}", "--metrics=prdc"],
     "big_k": [f"--real={real_npy}", f"--fake={fake_npz}", "--metrics=prdc", "--nearest_k=400"],
     "not_a_run": [f"--real={real_npy}", f"--fake={tmp_path}"],
+    "truncated_zip": [f"--real={real_npy}", f"--fake={tmp_path / 'truncated.npz'}"],
+    "channels_first": [f"--real={tmp_path / 'nchw.npy'}", f"--fake={fake_npz}"],
+    "bad_logits": [f"--real={real_npy}", f"--fake={tmp_path / 'bad_logits.npz'}"],
+    "nan": [f"--real={tmp_path / 'nan.npy'}", f"--fake={fake_npz}"],
+    "kid_flags": [f"--real={real_npy}", f"--fake={fake_npz}", "--kid_subset_size=1"],
   }[case]
   env = {"GEN_MODELS_INCEPTION_WEIGHTS": str(tmp_path / "absent.npz")}
   proc = run_cli("experiments.evaluate", *args, f"--output={tmp_path / 'o.json'}", env=env)
@@ -161,6 +175,10 @@ def test_trainer_refuses_metrics_it_cannot_compute_before_touching_the_workdir(t
     trainer.train(_toy_config(**{"eval.metrics": "fid,is"}), str(workdir))
   with pytest.raises(UserError, match="unknown metric"):
     trainer.train(_toy_config(**{"eval.metrics": "fud"}), str(workdir))
+  with pytest.raises(UserError, match="need eval.num_samples >= 6"):
+    trainer.train(_toy_config(**{"eval.metrics": "prdc", "eval.num_samples": 5}), str(workdir))
+  with pytest.raises(UserError, match="eval.nearest_k must be >= 0"):
+    trainer.train(_toy_config(**{"eval.metrics": "fid", "eval.nearest_k": -1}), str(workdir))
   assert not workdir.exists()
 
 

@@ -121,23 +121,15 @@ def save_stats(path: str, stats: FeatureStats) -> None:
   os.replace(tmp, path)
 
 
-def is_stats_file(path: str) -> bool:
-  """True for an ``.npz`` that holds ``mu`` and ``sigma`` (feature statistics, not features)."""
-  if not path.endswith(".npz"):
-    return False
-  with np.load(path, allow_pickle=False) as f:
-    return "mu" in f.files and "sigma" in f.files
-
-
 def load_stats(path: str) -> FeatureStats:
   """Reads statistics written by :func:`save_stats` (``n`` optional, for files of other tools)."""
   try:
     with np.load(path, allow_pickle=False) as f:
       mean = np.asarray(f["mu"], np.float64)
       cov = np.asarray(f["sigma"], np.float64)
-      n = int(f["n"]) if "n" in f.files else 0
-  except (OSError, KeyError, ValueError) as e:
-    raise UserError(f"cannot read feature statistics from {path}: {e}") from e
+      n = int(np.asarray(f["n"]).reshape(())) if "n" in f.files else 0
+  except Exception as e:  # Missing keys, truncated zips, a malformed n: all one line.
+    raise UserError(f"cannot read feature statistics from {path}: {type(e).__name__}: {e}") from e
   if mean.ndim != 1 or cov.shape != (mean.shape[0], mean.shape[0]):
     raise UserError(f"{path}: mu must be (D,) and sigma (D, D), got {mean.shape} and {cov.shape}")
   return FeatureStats(n, mean, cov)

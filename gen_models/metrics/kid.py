@@ -45,7 +45,8 @@ def kid(
 ) -> tuple[float, float]:
   """Mean and std of the unbiased MMD² over random subsets; ``real`` (N, d), ``fake`` (M, d).
 
-  ``subset_size`` is capped at ``min(N, M)`` (at least 2 are needed).
+  ``subset_size`` is capped at ``min(N, M)`` (at least 2 are needed). When that is all of both
+  sets, the estimate is computed once and its std is 0 (there is no subset variation).
   """
   real = np.asarray(real, np.float64)
   fake = np.asarray(fake, np.float64)
@@ -54,6 +55,10 @@ def kid(
   m = min(subset_size, len(real), len(fake))
   if m < 2:
     raise ValueError(f"KID needs at least 2 real and 2 fake features, got {len(real)}, {len(fake)}")
+  if m == len(real) == len(fake):
+    # Every "subset" is all of both sets: the U-statistic does not depend on the order, so the
+    # subsets would all give this one value (std 0). Computed once, not num_subsets times.
+    return mmd2_unbiased(real, fake), 0.0
   rng = np.random.default_rng(seed)
   values = []
   for _ in range(num_subsets):

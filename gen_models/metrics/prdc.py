@@ -14,8 +14,8 @@ Diversity (do the fakes cover the reals?):
 - **recall** (Kynkäänniemi et al. 2019, default k = 3): the fraction of reals inside the fake
   manifold, ``1/N Σᵢ 1[∃ j: Xᵢ ∈ B(Yⱼ, NND_k(Yⱼ))]``.
 - **coverage** (Naeem et al. 2020, default k = 5): the fraction of real balls that hold at least
-  one fake, ``1/N Σᵢ 1[∃ j: Yⱼ ∈ B(Xᵢ, NND_k(Xᵢ))]``. For identical distributions and M = N its
-  expectation is ``1 − C(N−1, k) / C(N+M−1, k)`` → 1 − 2⁻ᵏ.
+  one fake, ``1/N Σᵢ 1[∃ j: Yⱼ ∈ B(Xᵢ, NND_k(Xᵢ))]``. For identical distributions its
+  expectation is ``1 − C(N−1, k) / C(N+M−1, k)``, → 1 − 2⁻ᵏ for M = N → ∞.
 
 Swapping the arguments swaps precision with recall — the flipped tables some libraries produce —
 so every function here takes ``(real, fake)`` and says so.
@@ -24,8 +24,9 @@ so every function here takes ``(real, fake)`` and says so.
 balls, the papers' definition of the manifold, and the default) or ``ties="<"`` (open balls, as in
 the density/coverage reference code, the ``prdc`` package, which uses ``<`` for all four). They
 differ only on exact ties: duplicated or quantised features. With ``"<="``, identical sets give
-precision = recall = coverage = 1; with ``"<"``, a set whose points all have a duplicate (radius
-0) gives 0.
+precision = recall = coverage = 1; with ``"<"``, a set whose points all have at least k exact
+copies (radius 0) gives 0. (Exact duplicates rely on bitwise-equal float32 results for equal
+row pairs, which holds on CPU; see :mod:`gen_models.metrics.knn`.)
 
 The neighbour searches are the blocked engine in :mod:`gen_models.metrics.knn`.
 """
