@@ -114,15 +114,19 @@ def load_side(path: str, which: str, progress) -> tuple[np.ndarray | None, dict,
   )
 
 
-def features_of(path: str, which: str, progress) -> evaluate.Features:
+def features_of(path: str, which: str, progress, made: dict) -> evaluate.Features:
+  """One side's features; ``made`` keeps the extractor per kind, so that real and fake images
+  share one loaded and compiled Inception."""
   samples, extra, kind = load_side(path, which, progress)
   if kind == "stats":
     return evaluate.Features(stats=extra["stats"])
   if len(samples) < 2:
     raise UserError(f"--{which} has {len(samples)} samples; at least 2 are needed")
-  extract = extractors.for_samples(
-    _EXTRACTOR.value, kind, _WEIGHTS.value, _BATCH_SIZE.value, flag="--inception_weights"
-  )
+  if kind not in made:
+    made[kind] = extractors.for_samples(
+      _EXTRACTOR.value, kind, _WEIGHTS.value, _BATCH_SIZE.value, flag="--inception_weights"
+    )
+  extract = made[kind]
   features, logits = extract(samples, progress=lambda d, t: progress(f"{which} features", d, t))
   if logits is None:
     logits = extra.get("logits")
@@ -141,8 +145,9 @@ def run() -> dict:
   if _KID_SUBSETS.value < 1 or _KID_SUBSET_SIZE.value < 2:
     raise UserError("--kid_subsets must be >= 1 and --kid_subset_size >= 2")
   progress = logs.ProgressBar()
-  real = features_of(_REAL.value, "real", progress)
-  fake = features_of(_FAKE.value, "fake", progress)
+  made: dict = {}
+  real = features_of(_REAL.value, "real", progress, made)
+  fake = features_of(_FAKE.value, "fake", progress, made)
   if _SAVE_REAL_STATS.value:
     if real.features is None:
       raise UserError("--save_real_stats needs real features, not statistics")
