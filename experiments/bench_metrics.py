@@ -522,9 +522,7 @@ def main(argv):
   )
   print(format_table(results["rows"]))
   print(format_targets(results["targets"]))
-  with open(_OUTPUT.value, "w") as f:
-    json.dump(results, f, indent=2)
-    f.write("\n")
+  cli.run_user_errors_as_exit(lambda: cli.write_json(_OUTPUT.value, results))
   print(f"wrote {_OUTPUT.value}")
 
 

@@ -26,7 +26,6 @@ Prints a table and writes the rows, with the JAX version, backend, device kind a
 from __future__ import annotations
 
 import datetime
-import json
 import platform
 import time
 
@@ -202,9 +201,7 @@ def main(argv):
     f"{results['date']}"
   )
   print(format_table(results["rows"]))
-  with open(_OUTPUT.value, "w") as f:
-    json.dump(results, f, indent=2)
-    f.write("\n")
+  cli.run_user_errors_as_exit(lambda: cli.write_json(_OUTPUT.value, results))
   print(f"wrote {_OUTPUT.value}")
 
 

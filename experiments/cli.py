@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging as py_logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -92,3 +94,19 @@ def run_user_errors_as_exit(fn: Callable[[], object]) -> object:
   except UserError as e:
     logging.flush()
     _exit_with(str(e))
+
+
+def write_json(path: str, obj: object, sort_keys: bool = False) -> None:
+  """Writes ``obj`` as indented JSON to ``path`` atomically (a temp file, then a rename).
+
+  Raises:
+    UserError: the file cannot be written.
+  """
+  tmp = path + ".tmp"
+  try:
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=2, sort_keys=sort_keys)
+      f.write("\n")
+    os.replace(tmp, path)
+  except OSError as e:
+    raise UserError(f"cannot write {path}: {e.strerror or e}") from None

@@ -18,7 +18,6 @@ order is ``(real, fake)``: precision/density measure fidelity, recall/coverage d
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -167,14 +166,7 @@ def run() -> dict:
     progress=progress,
   )
   results["ties"] = _TIES.value
-  tmp = output + ".tmp"
-  try:
-    with open(tmp, "w") as f:
-      json.dump(results, f, indent=2, sort_keys=True)
-      f.write("\n")
-    os.replace(tmp, output)
-  except OSError as e:
-    raise UserError(f"cannot write {output}: {e.strerror or e}") from None
+  cli.write_json(output, results, sort_keys=True)
   return results
 
 
