@@ -87,6 +87,8 @@ class TfdsImageDataset:
     return np.stack([self._preprocess(source[i]) for i in range(n)])
 
 
-def to_uint8(x: np.ndarray) -> np.ndarray:
-  """Model-space images in ``[-1, 1]`` → uint8 ``[0, 255]`` (round to nearest)."""
-  return np.clip(np.rint((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+def to_uint8(x: np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+  """Model-space images in ``value_range = (lo, hi)`` → uint8 ``[0, 255]`` (round to nearest,
+  values outside clipped): ``rint((x − lo) · 255 / (hi − lo))``."""
+  lo, hi = value_range
+  return np.clip(np.rint((np.asarray(x) - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
