@@ -118,6 +118,7 @@ class _Outputs:
     self.key = jax.random.fold_in(base_key, SAMPLE_STREAM)
     self._sample = jax.jit(family.sample, static_argnums=2)
     self._reference = None
+    self._examples = None
     self.metrics = evaluate_lib.parse_metrics(config.eval.metrics)
     self._extract = extract
     self._real_features = None
@@ -135,12 +136,27 @@ class _Outputs:
       self.writer.image(step, "samples", scatter(real, fake))
     else:
       n = self.config.eval.num_image_samples
+      value_range = getattr(self.dataset, "value_range", (-1.0, 1.0))
       fake = dev.to_host(self._sample(state, self.key, n))
-      self.writer.image(step, "samples", image_grid(to_uint8(fake)))
+      self.writer.image(step, "samples", image_grid(to_uint8(fake, value_range)))
+      if self.family.image_grids is not None:
+        for name, grid in dev.to_host(self.family.image_grids(state, self.examples(n))).items():
+          rows, columns = grid.shape[:2]
+          images = to_uint8(grid.reshape(rows * columns, *grid.shape[2:]), value_range)
+          self.writer.image(step, name, image_grid(images, columns=columns))
+
+  def examples(self, n: int) -> np.ndarray:
+    """``n`` fixed real examples for the family's image grids: held-out ones if the dataset has
+    them, else the first training batch's (both the same at every call)."""
+    if self._examples is None:
+      self._examples = self.dataset.reference(n)
+      if self._examples is None:
+        self._examples = self.dataset.batch(0)[:n]
+    return self._examples
 
   def _features(self, samples: np.ndarray) -> evaluate_lib.Features:
     if self.dataset.kind == "images":
-      samples = to_uint8(samples)
+      samples = to_uint8(samples, getattr(self.dataset, "value_range", (-1.0, 1.0)))
     features, logits = self._extract(samples)
     return evaluate_lib.Features(features=features, logits=logits)
 
