@@ -22,6 +22,7 @@ regression: liblinear one-vs-rest then, lbfgs multinomial now).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -574,9 +575,13 @@ def evaluate(
   num_train: int | None = None,
   num_eval: int | None = None,
   max_batch: int = 1024,
+  on_metric: Callable[[str, dict[str, float], float], None] | None = None,
 ) -> dict[str, float]:
   """The named metrics with the disentanglement_lib sizes (or ``num_train``/``num_eval`` for
-  every metric's training/evaluation points), each with its own stream ``(seed, metric index)``.
+  every metric's training/evaluation points, and ``num_train`` for FactorVAE's variance
+  estimate), each with its own random stream ``SeedSequence([seed, index in METRICS])``, so a
+  metric's value does not depend on which others are computed. ``on_metric(name, scores,
+  seconds)`` is called after each.
 
   Returns:
     ``{"<metric>/<score>": value}``, e.g. ``beta_vae/eval_accuracy``, ``mig/mig``,
@@ -591,6 +596,7 @@ def evaluate(
     sizes["num_train"] = num_train
   results = {}
   for name in metrics:
+    start = time.perf_counter()
     rng = np.random.default_rng(np.random.SeedSequence([seed, METRICS.index(name)]))
     if name == "beta_vae":
       extra = {"num_eval": num_eval} if num_eval is not None else {}
@@ -607,4 +613,31 @@ def evaluate(
       score = dci_score if name == "dci" else sap_score
       out = score(encode, data, rng, max_batch=max_batch, **sizes, **extra)
     results.update({f"{name}/{k}": v for k, v in out.items()})
+    if on_metric is not None:
+      on_metric(name, out, time.perf_counter() - start)
   return results
+
+
+def batched_encoder(encode_fn, state, batch_size: int) -> Encode:
+  """A numpy ``encode`` from a family's ``encode(state, x) -> (B, d)``: ``jax.jit``-compiled
+  once, always called on ``batch_size`` rows (the last block zero-padded, its padding dropped).
+
+  Returns:
+    ``x (n, *example_shape) -> (n, d)`` float32 numpy codes.
+  """
+  import jax
+
+  jitted = jax.jit(encode_fn)
+
+  def encode(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    out = []
+    for start in range(0, len(x), batch_size):
+      block = x[start : start + batch_size]
+      n = len(block)
+      if n < batch_size:
+        block = np.concatenate([block, np.zeros((batch_size - n, *x.shape[1:]), np.float32)])
+      out.append(np.asarray(jax.device_get(jitted(state, block)))[:n])
+    return np.concatenate(out)
+
+  return encode
