@@ -15,7 +15,8 @@ from gen_models import UserError
 from gen_models.data import dsprites, toy
 from gen_models.metrics import disentanglement as dis
 
-SIZES = (3, 2, 4, 4, 5)  # Every factor fits 20 bins; 5 factors: chance is 0.2.
+SIZES = (3, 2, 2, 4, 2)  # Every factor fits 20 bins; 5 factors: chance is 0.2; few classes
+# keep DCI's trees (one per class and stage) cheap.
 
 
 class IdentityData:

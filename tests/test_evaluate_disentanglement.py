@@ -80,19 +80,16 @@ def test_padding_does_not_change_codes(vae_run):
   ("flags", "fragments"),
   [
     (["--metrics=mig,irs"], ["--metrics", "irs", "beta_vae"]),
-    (["--num_train=1"], ["--num_train must be >= 2"]),
-    (["--dataset=cifar10"], ["'cifar10'", "no ground-truth factors", "dsprites_procedural"]),
-    (["--dataset=8gaussians"], ["'8gaussians'", "no ground-truth factors"]),
+    (["--dataset=8gaussians"], ["'8gaussians'", "no ground-truth factors", "dsprites_procedural"]),
     (["--dataset=dsprites", "--data_dir=/nonexistent"], ["not prepared", "prepare_data dsprites"]),
   ],
 )
 def test_cli_rejects(vae_run, tmp_path, flags, fragments):
   proc = run_cli(MODULE, f"--workdir={vae_run}", f"--output={tmp_path / 'o.json'}", *flags)
   assert_one_line_error(proc, *fragments)
+  assert not (tmp_path / "o.json").exists()
 
 
-def test_no_run_and_no_output_dir(tmp_path):
+def test_no_run(tmp_path):
   proc = run_cli(MODULE, f"--workdir={tmp_path}", f"--output={tmp_path / 'o.json'}")
   assert_one_line_error(proc, "no run in")
-  proc = run_cli(MODULE, f"--workdir={tmp_path}", f"--output={tmp_path / 'no' / 'o.json'}")
-  assert_one_line_error(proc, "output directory", "does not exist")
