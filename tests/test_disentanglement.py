@@ -358,5 +358,10 @@ def test_bad_codes_are_errors():
     dis.mig_score(lambda x: x * np.nan, data, 0, num_train=50)
   with pytest.raises(UserError, match="at least 2 code dimensions"):
     dis.mig(np.arange(6.0)[:, None], np.array([[0], [1]] * 3))
+  good = np.random.default_rng(0).normal(size=(20, 2)), np.arange(20)[:, None] % 2
+  with pytest.raises(UserError, match="dci test codes must be finite"):
+    dis.dci(*good, np.full((3, 2), np.nan), np.zeros((3, 1), np.int64))
+  with pytest.raises(UserError, match="sap test factors must be integer"):
+    dis.sap(*good, np.zeros((3, 2)), np.zeros((3, 1)))
   with pytest.raises(UserError, match="unknown metrics"):
     dis.evaluate(true_encoder, data, ("mig", "irs"))

@@ -232,6 +232,8 @@ def test_prepare_then_read_equals_the_rendered_grid(tmp_path):
     np.testing.assert_array_equal(ds.batch(i), smoke.batch(i))
   np.testing.assert_array_equal(ds.reference(30), smoke.reference(30))
   assert ds.batch(0).dtype == np.float32
+  with pytest.raises(UserError, match="already exists"):  # Never overwritten.
+    dsprites.prepare(str(source), str(data_dir))
 
 
 @pytest.mark.parametrize(

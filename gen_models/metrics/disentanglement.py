@@ -108,6 +108,16 @@ def _check_pair(codes, factors, what: str) -> tuple[np.ndarray, np.ndarray]:
   return codes.astype(np.float64), factors.astype(np.int64)
 
 
+def _test_pair(codes, factors, what: str) -> tuple[np.ndarray, np.ndarray]:
+  """Test codes and factors: finite numbers and integers (a factor may have one value here)."""
+  codes, factors = np.asarray(codes), np.asarray(factors)
+  if not np.issubdtype(codes.dtype, np.number) or not np.all(np.isfinite(codes)):
+    raise UserError(f"{what} test codes must be finite numbers")
+  if not np.issubdtype(factors.dtype, np.integer):
+    raise UserError(f"{what} test factors must be integer classes, got {factors.dtype}")
+  return codes.astype(np.float64), factors.astype(np.int64)
+
+
 # ---------------------------------------------------------------------------------------------
 # MIG.
 
@@ -414,7 +424,7 @@ def dci(
     ``{"disentanglement", "completeness", "informativeness_train", "informativeness_test"}``.
   """
   x, y = _check_pair(codes_train, factors_train, "dci train")
-  x_test, y_test = np.asarray(codes_test, np.float64), np.asarray(factors_test)
+  x_test, y_test = _test_pair(codes_test, factors_test, "dci")
   if x_test.ndim != 2 or x_test.shape[1] != x.shape[1] or y_test.shape != (len(x_test), y.shape[1]):
     raise UserError(
       f"dci test codes/factors must be (M, {x.shape[1]}) and (M, {y.shape[1]}), got "
@@ -507,7 +517,7 @@ def sap_matrix(
     return scores
   if codes_test is None or factors_test is None:
     raise UserError("sap with discrete factors needs test codes and factors")
-  x_test, y_test = np.asarray(codes_test, np.float64), np.asarray(factors_test)
+  x_test, y_test = _test_pair(codes_test, factors_test, "sap")
   if x_test.ndim != 2 or x_test.shape[1] != d or y_test.shape != (len(x_test), k):
     raise UserError(
       f"sap test codes/factors must be (M, {d}) and (M, {k}), got {x_test.shape} and {y_test.shape}"
