@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import jax
 import ml_collections
@@ -231,18 +232,20 @@ def test_prepare_then_read_equals_the_rendered_grid(tmp_path):
     np.testing.assert_array_equal(ds.batch(i), smoke.batch(i))
   np.testing.assert_array_equal(ds.reference(30), smoke.reference(30))
   assert ds.batch(0).dtype == np.float32
+  with pytest.raises(UserError, match="already exists"):  # Never overwritten.
+    dsprites.prepare(str(source), str(data_dir))
 
 
 @pytest.mark.parametrize(
-  ("kind", "fragments"),
+  ("kind", "fragment"),
   [
-    ("missing", ["does not exist"]),
-    ("shuffled", ["not the full factor grid", "original order"]),
-    ("two_colours", ["one colour"]),
-    ("not_npz", ["cannot read"]),
+    ("shuffled", "in the original order (posY varying fastest)"),
+    ("two_colours", "one colour"),
+    ("not_npz", "cannot read"),
+    ("no_imgs", "not a dSprites npz (no imgs"),
   ],
 )
-def test_prepare_rejects(tmp_path, kind, fragments):
+def test_prepare_rejects(tmp_path, kind, fragment):
   source = tmp_path / "bad.npz"
   if kind == "shuffled":
     _write_npz(source, order=np.random.default_rng(0).permutation(384))
@@ -250,13 +253,22 @@ def test_prepare_rejects(tmp_path, kind, fragments):
     _write_npz(source, colours=2)
   elif kind == "not_npz":
     source.write_bytes(b"PK\x03\x04 truncated")
+  else:
+    np.savez(source, images=np.zeros((2, 64, 64), np.uint8))
+  with pytest.raises(UserError, match=re.escape(fragment)) as e:
+    dsprites.prepare(str(source), str(tmp_path / "d"))
+  assert "\n" not in str(e.value)
+  assert not (tmp_path / "d").exists()
+
+
+def test_prepare_data_cli_errors_are_one_line(tmp_path):
   proc = run_cli(
-    "experiments.prepare_data", "dsprites", f"--source={source}", f"--data_dir={tmp_path / 'd'}"
+    "experiments.prepare_data",
+    "dsprites",
+    f"--source={tmp_path / 'no.npz'}",
+    f"--data_dir={tmp_path}",
   )
-  assert_one_line_error(proc, *fragments)
-
-
-def test_prepare_data_needs_a_known_subcommand(tmp_path):
+  assert_one_line_error(proc, "does not exist")
   proc = run_cli("experiments.prepare_data", "mnist", "--source=x", f"--data_dir={tmp_path}")
   assert_one_line_error(proc, "subcommand", "dsprites")
   proc = run_cli("experiments.prepare_data", "dsprites", f"--data_dir={tmp_path}")

@@ -463,10 +463,14 @@ def prepare(source: str, data_dir: str) -> str:
     The directory of the prepared files (``data_dir/gen_models_dsprites/1.0.0``).
 
   Raises:
-    UserError: see :func:`read_npz`; or ``data_dir`` cannot be written.
+    UserError: see :func:`read_npz`; ``data_dir`` cannot be written; or it already holds a
+      prepared copy (never overwritten).
   """
   import tensorflow_datasets as tfds
 
+  target = os.path.join(data_dir, TFDS_NAME, "1.0.0")
+  if os.path.exists(target):
+    raise UserError(f"{target} already exists (prepared before); remove it to convert again")
   arrays = read_npz(source)
   try:
     os.makedirs(data_dir, exist_ok=True)
