@@ -32,7 +32,8 @@ Objectives (``vae.objective``)::
 disentanglement_lib's ``AnnealedVAE`` (γ = 1000, T = 100k there); like it, the absolute value is
 taken of the *batch-mean* KL. The evidence lower bound is ``ELBO = −(R + KL)`` (nats per
 example), logged together with ``R``, ``KL`` and the batch mean of every ``KL_j``
-(``kl_per_dim/j``; a collapsed unit has ``KL_j ≈ 0``).
+(``kl_per_dim/j``, ``j`` zero-padded to the digits of ``d − 1``; a collapsed unit has
+``KL_j ≈ 0``).
 
 Networks (``vae.architecture``), each an encoder ``x (B, *shape) → (μ, log σ²)``, two ``(B, d)``,
 and a decoder ``z (B, d) → (B, *shape)`` (logits for Bernoulli, means for Gaussian):
@@ -455,10 +456,13 @@ def evaluate(
   terms_fn,
   chunk: int,
 ) -> dict[str, float]:
-  """ELBO, reconstruction and KL on held-out ``reference`` examples (one z per example).
+  """ELBO, reconstruction and KL on the dataset's ``reference`` examples (one z per example).
+
+  The reference examples are held out where the dataset has a test split (not dSprites, whose
+  reference images are grid images the training batches also draw).
 
   ``terms_fn(params, x, key) -> (R, KL_j)`` as :func:`terms` (jitted); chunks of ``chunk``
-  examples, weighted by their sizes. Empty when the dataset has no held-out examples.
+  examples, weighted by their sizes. Empty when the dataset gives no reference examples.
   """
   if reference is None or len(reference) == 0:
     return {}
