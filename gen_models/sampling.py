@@ -38,7 +38,8 @@ def draw_samples(
   defaulting to the run's ``config.seed``: a given ``(seed, batch_size, num_samples)`` always
   gives the same samples. Runs in this process on its local devices.
 
-  ``kind`` is ``"images"`` (uint8 ``(N, H, W, C)``) or ``"points"`` (float32 ``(N, D)``).
+  ``kind`` is ``"images"`` (uint8 ``(N, H, W, C)``, the dataset's ``value_range`` mapped to
+  [0, 255]) or ``"points"`` (float32 ``(N, D)``).
   """
   if num_samples < 1:
     raise UserError(f"--num_samples must be >= 1, got {num_samples}")
@@ -53,4 +54,6 @@ def draw_samples(
   key = jax.random.key(config.seed if seed is None else seed)
   sample_fn = jax.jit(family.sample, static_argnums=2)
   x = sample_chunks(sample_fn, state, key, num_samples, batch_size)
-  return (images.to_uint8(x) if kind == "images" else x.astype(np.float32)), kind, step
+  if kind == "images":
+    return images.to_uint8(x, data.value_range(config)), kind, step
+  return x.astype(np.float32), kind, step

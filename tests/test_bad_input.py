@@ -127,3 +127,19 @@ def test_non_finite_loss_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
   logged = [json.loads(x)["step"] for x in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert logged == [3]  # Steps 4 and 5 were checked, but no mean containing NaN was written.
+
+
+@pytest.mark.parametrize(
+  ("flags", "fragments"),
+  [
+    (["--config.vae.beta=-1"], ["vae.beta must be >= 0, got -1"]),
+    # Points (shape (2,)) into the conv nets: an example shape they cannot take.
+    (["--config.dataset.name=8gaussians"], ["needs H×W×C images", "multiples of 16", "(2,)"]),
+  ],
+)
+def test_vae_cli_rejects(tmp_path, flags, fragments):
+  workdir = tmp_path / "run"
+  config = "--config=experiments/configs/beta_vae_dsprites.py:smoke"
+  proc = run_cli("experiments.main", config, f"--workdir={workdir}", *flags)
+  assert_one_line_error(proc, *fragments)
+  assert not workdir.exists()  # Refused before the workdir is touched.

@@ -20,7 +20,14 @@ CONFIGS = sorted(
 
 
 def test_config_list_is_complete():
-  assert CONFIGS == ["wgan_gp_cifar10", "wgan_gp_mnist", "wgan_gp_toy"]
+  assert CONFIGS == [
+    "annealed_vae_dsprites",
+    "beta_vae_dsprites",
+    "vae_dsprites",
+    "wgan_gp_cifar10",
+    "wgan_gp_mnist",
+    "wgan_gp_toy",
+  ]
 
 
 def _smoke(name: str, arg: str, tmp_path):
@@ -63,3 +70,26 @@ def test_full_config_is_valid(name):
 
   config = config_lib.validate(importlib.import_module(f"experiments.configs.{name}").get_config())
   assert config.num_train_steps >= 1000
+
+
+@pytest.mark.parametrize(
+  ("name", "objective", "beta"),
+  [
+    ("beta_vae_dsprites", "beta", 4.0),
+    ("vae_dsprites", "beta", 1.0),
+    ("annealed_vae_dsprites", "capacity", 1.0),
+  ],
+)
+def test_vae_smoke(name, objective, beta, tmp_path):
+  """The papers' conv nets on the dSprites smoke grid; the full configs' settings are checked."""
+  config, final = _smoke(name, "smoke", tmp_path)
+  assert config.dataset.name == "dsprites_procedural_smoke"
+  assert {"elbo", "reconstruction", "kl", "eval/elbo"} <= set(final)
+  if objective == "capacity":  # C(t) at the last logged step t = 2 (of T = 4): 12.5 nats.
+    assert final["capacity"] == 12.5
+  full = importlib.import_module(f"experiments.configs.{name}").get_config()
+  assert (full.vae.objective, full.vae.beta, full.vae.architecture) == (objective, beta, "conv")
+  assert (full.vae.latent_dim, full.batch_size, full.optimizer.learning_rate) == (10, 64, 1e-4)
+  assert full.dataset.name == "dsprites_procedural" and full.num_train_steps == 300_000
+  if objective == "capacity":
+    assert (full.vae.c_max, full.vae.gamma, full.vae.capacity_steps) == (25.0, 1000.0, 100_000)

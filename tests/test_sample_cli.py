@@ -64,6 +64,31 @@ def test_writes_the_samples_of_the_latest_checkpoint(run_dir, tmp_path, num, bat
   np.testing.assert_array_equal(got, expected_samples(run_dir, num, batch_size, seed))
 
 
+def test_vae_run_samples_are_uint8_images(tmp_path):
+  """A VAE on dSprites: decoded means in [0, 1] written as uint8 [0, 255], as the trainer's."""
+  from experiments.configs import beta_vae_dsprites
+  from gen_models.data.images import to_uint8
+
+  config = beta_vae_dsprites.get_config("smoke")
+  config.vae.architecture = "mlp"
+  config.vae.mlp_width = 16
+  workdir = str(tmp_path / "vae")
+  trainer.train(config, workdir, devices=jax.devices()[:1])
+  out = str(tmp_path / "samples.npy")
+  args = [f"--workdir={workdir}", "--num_samples=6", f"--output={out}", "--batch_size=4"]
+  proc = run_cli("experiments.sample", *args, env=CPU)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  got = np.load(out, allow_pickle=False)
+  assert got.shape == (6, 64, 64, 1) and got.dtype == np.uint8
+  _, family, state = trainer.load_run(workdir, jax.local_devices()[:1])
+  key, sample = jax.random.key(config.seed), jax.jit(family.sample, static_argnums=2)
+  means = np.concatenate(
+    [np.asarray(sample(state, jax.random.fold_in(key, i), n)) for i, n in enumerate([4, 2])]
+  )
+  assert means.min() >= 0.0 and means.max() <= 1.0  # Bernoulli means.
+  np.testing.assert_array_equal(got, to_uint8(means, (0.0, 1.0)))
+
+
 def test_bad_inputs_are_one_line_errors(run_dir, tmp_path):
   out = str(tmp_path / "out.npy")
   no_checkpoint = tmp_path / "no_checkpoint"

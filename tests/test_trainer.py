@@ -1,4 +1,9 @@
-"""The trainer: determinism, resume bit-exactness, device-count invariance, compile-once."""
+"""The trainer: determinism, resume bit-exactness, device-count invariance, compile-once.
+
+The family-level tests run for every family: WGAN-GP on the toy points, the VAE on the dSprites
+smoke grid (an MLP pair: the conv pair trains in ``test_configs.py``), each with the same step
+schedule (6 steps, checkpoints every 3, unless a test says otherwise).
+"""
 
 import dataclasses
 import json
@@ -14,16 +19,61 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from experiments.configs import wgan_gp_toy
+from experiments.configs import beta_vae_dsprites, wgan_gp_toy
 from gen_models import config as config_lib
 from gen_models import models, trainer
 
 
-def toy_config(**overrides):
-  c = wgan_gp_toy.get_config("smoke")
+def _vae_smoke():
+  c = beta_vae_dsprites.get_config("smoke")
+  c.vae.architecture = "mlp"
+  c.vae.mlp_width = 32
+  c.vae.mlp_depth = 1
+  c.num_train_steps = 6
+  c.log_every_steps = 2
+  c.eval_every_steps = 6
+  c.sample_every_steps = 6
+  c.checkpoint_every_steps = 3
+  return c
+
+
+SMOKE = {"wgan_gp": lambda: wgan_gp_toy.get_config("smoke"), "vae": _vae_smoke}
+# Parameters every step changes (a WGAN critic's last bias gets no gradient from its loss).
+TRAINED = {"wgan_gp": ("generator",), "vae": ("encoder", "decoder")}
+
+
+@pytest.fixture(params=sorted(SMOKE))
+def family(request):
+  return request.param
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache(tmp_path_factory):
+  """A persistent XLA compilation cache for this module: runs that trace the same step (same
+  config, or one that differs only in seed or step counts) compile it once. A cached
+  executable is the one the first compile produced, so results are unchanged; it saves
+  minutes on a shared 2-core CPU."""
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+  old = {n: getattr(jax.config, n) for n in names}
+  jax.config.update(names[0], str(tmp_path_factory.mktemp("xla_cache")))
+  jax.config.update(names[1], 0.0)
+  yield
+  for n, v in old.items():
+    jax.config.update(n, v)
+  from jax.experimental.compilation_cache import compilation_cache
+
+  compilation_cache.reset_cache()
+
+
+def smoke_config(family="wgan_gp", **overrides):
+  c = SMOKE[family]()
   for key, value in overrides.items():
     config_lib.set_path(c, key, value)
   return c
+
+
+def toy_config(**overrides):
+  return smoke_config("wgan_gp", **overrides)
 
 
 def final_params(workdir, devices=None):
@@ -31,9 +81,9 @@ def final_params(workdir, devices=None):
   return jax.device_get(state.params), jax.device_get(state.opt_state), int(state.step)
 
 
-def test_same_seed_gives_bit_identical_parameters(tmp_path):
-  trainer.train(toy_config(), str(tmp_path / "a"))
-  trainer.train(toy_config(), str(tmp_path / "b"))
+def test_same_seed_gives_bit_identical_parameters(tmp_path, family):
+  trainer.train(smoke_config(family), str(tmp_path / "a"))
+  trainer.train(smoke_config(family), str(tmp_path / "b"))
   pa, oa, sa = final_params(tmp_path / "a")
   pb, ob, sb = final_params(tmp_path / "b")
   assert sa == sb == 6
@@ -41,22 +91,23 @@ def test_same_seed_gives_bit_identical_parameters(tmp_path):
   chex.assert_trees_all_equal(oa, ob)
 
 
-def test_different_seed_gives_different_parameters(tmp_path):
-  trainer.train(toy_config(), str(tmp_path / "a"))
-  trainer.train(toy_config(seed=1), str(tmp_path / "b"))
+def test_different_seed_gives_different_parameters(tmp_path, family):
+  trainer.train(smoke_config(family), str(tmp_path / "a"))
+  trainer.train(smoke_config(family, seed=1), str(tmp_path / "b"))
   pa, _, _ = final_params(tmp_path / "a")
   pb, _, _ = final_params(tmp_path / "b")
   diff = lambda x, y: float(np.max(np.abs(x - y)))
-  # Every generator leaf differs (a critic's last bias gets no gradient from the WGAN loss).
-  assert min(jax.tree.leaves(jax.tree.map(diff, pa["generator"], pb["generator"]))) > 0
+  for component in TRAINED[family]:  # Every leaf of every trained component differs.
+    assert min(jax.tree.leaves(jax.tree.map(diff, pa[component], pb[component]))) > 0
 
 
-def test_resume_is_bit_exact(tmp_path):
-  trainer.train(toy_config(num_train_steps=8, checkpoint_every_steps=2), str(tmp_path / "full"))
+def test_resume_is_bit_exact(tmp_path, family):
+  config = lambda n: smoke_config(family, num_train_steps=n, checkpoint_every_steps=2)
+  trainer.train(config(8), str(tmp_path / "full"))
   # Stop at step 4, then resume to step 8 with the same command (num_train_steps may change).
-  trainer.train(toy_config(num_train_steps=4, checkpoint_every_steps=2), str(tmp_path / "part"))
+  trainer.train(config(4), str(tmp_path / "part"))
   assert final_params(tmp_path / "part")[2] == 4
-  trainer.train(toy_config(num_train_steps=8, checkpoint_every_steps=2), str(tmp_path / "part"))
+  trainer.train(config(8), str(tmp_path / "part"))
   full, full_opt, full_step = final_params(tmp_path / "full")
   part, part_opt, part_step = final_params(tmp_path / "part")
   assert full_step == part_step == 8
@@ -64,18 +115,18 @@ def test_resume_is_bit_exact(tmp_path):
   chex.assert_trees_all_equal(full_opt, part_opt)
 
 
-def test_one_and_eight_devices_agree(tmp_path):
+def test_one_and_eight_devices_agree(tmp_path, family):
   devices = jax.devices()
   assert len(devices) == 8
-  trainer.train(toy_config(), str(tmp_path / "one"), devices=devices[:1])
-  trainer.train(toy_config(), str(tmp_path / "eight"), devices=devices)
+  trainer.train(smoke_config(family), str(tmp_path / "one"), devices=devices[:1])
+  trainer.train(smoke_config(family), str(tmp_path / "eight"), devices=devices)
   one, _, _ = final_params(tmp_path / "one", devices[:1])
   eight, _, _ = final_params(tmp_path / "eight")
   # Same data, same noise (threefry is partitionable); only reduction order differs.
   chex.assert_trees_all_close(one, eight, rtol=2e-5, atol=2e-6)
 
 
-def test_train_step_compiles_once(tmp_path, monkeypatch):
+def test_train_step_compiles_once(tmp_path, monkeypatch, family):
   original = models.make_family
 
   def traced_family(config, shape):
@@ -89,11 +140,12 @@ def test_train_step_compiles_once(tmp_path, monkeypatch):
     return dataclasses.replace(family, train_step=train_step)
 
   monkeypatch.setattr(models, "make_family", traced_family)
+  chex.clear_trace_counter()  # The counter is per decorated code location, shared by families.
   # Steps straddle logging, sampling, evaluation and checkpoint saves; the step must not retrace.
-  trainer.train(toy_config(num_train_steps=7), str(tmp_path / "run"))
+  trainer.train(smoke_config(family, num_train_steps=7), str(tmp_path / "run"))
   # A resumed run restores into the same shapes, dtypes and shardings: again one trace.
   chex.clear_trace_counter()
-  trainer.train(toy_config(num_train_steps=9), str(tmp_path / "run"))
+  trainer.train(smoke_config(family, num_train_steps=9), str(tmp_path / "run"))
   assert final_params(tmp_path / "run")[2] == 9
 
 
@@ -116,6 +168,44 @@ def test_outputs_of_a_run(tmp_path):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["model"] == "wgan_gp" and saved["dataset"]["name"] == "8gaussians"
+
+
+def test_vae_outputs_of_a_run(tmp_path):
+  """ELBO, reconstruction, KL and KL per latent logged; sample, reconstruction and traversal
+  PNGs in dSprites' [0, 1] → [0, 255]; ``encode`` and the workdir's samples from ``load_run``."""
+  from PIL import Image
+
+  from gen_models import sampling
+
+  workdir = tmp_path / "run"
+  final = trainer.train(smoke_config("vae"), str(workdir))
+  lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+  train_lines = [x for x in lines if "elbo" in x]
+  assert [x["step"] for x in train_lines] == [2, 4, 6]
+  for x in train_lines:
+    per_dim = [x[f"kl_per_dim/{j}"] for j in range(10)]
+    assert x["kl"] == pytest.approx(sum(per_dim), rel=1e-5)
+    assert x["elbo"] == pytest.approx(-(x["reconstruction"] + x["kl"]), rel=1e-6)
+    assert x["loss"] == pytest.approx(x["reconstruction"] + 4.0 * x["kl"], rel=1e-6)
+  assert {"eval/elbo", "eval/reconstruction", "eval/kl"} <= set(final)
+  names = sorted(os.listdir(workdir / "samples"))
+  assert names == [f"{n}_00000006.png" for n in ("reconstructions", "samples", "traversals")]
+  recon = np.asarray(Image.open(workdir / "samples" / names[0]))
+  assert recon.shape == (4 * 65 + 1, 8 * 65 + 1, 3)  # 2 × 2 rows of 8 (16 images), 1-px gaps.
+  assert set(np.unique(recon[1:65, 1:65])) <= {0, 255}  # Row 0: binary dSprites originals.
+  traversals = np.asarray(Image.open(workdir / "samples" / names[2]))
+  assert traversals.shape == (10 * 65 + 1, 9 * 65 + 1, 3)  # One row per latent, 9 steps.
+
+  config, family, state = trainer.load_run(str(workdir))
+  from gen_models import data
+
+  dataset = data.create(config, 8)
+  x = dataset.observations(dataset.sample_factors(5, np.random.default_rng(0)))
+  codes = np.asarray(family.encode(state, x))
+  assert codes.shape == (5, 10) and np.all(np.isfinite(codes))
+  images, kind, step = sampling.draw_samples(str(workdir), 5, None, 4)
+  assert kind == "images" and step == 6 and images.shape == (5, 64, 64, 1)
+  assert images.dtype == np.uint8
 
 
 def _checkpoint_steps(workdir):

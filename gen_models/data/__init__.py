@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from gen_models.data import images, toy
+from gen_models.data import dsprites, images, toy
 from gen_models.errors import UserError
 
 
@@ -20,13 +20,22 @@ class Dataset(Protocol):
 
   Attributes:
     name: the dataset's name in configs.
-    kind: ``"points"`` (rows of ``R^d``) or ``"images"`` (``H×W×C`` floats in ``[-1, 1]``).
+    kind: ``"points"`` (rows of ``R^d``) or ``"images"`` (``H×W×C`` floats).
     shape: the shape of one example, e.g. ``(2,)`` or ``(32, 32, 3)``.
+    value_range: for images, the ``(low, high)`` pixel values of the model space: ``(-1.0, 1.0)``
+      for the TFDS image sets, ``(0.0, 1.0)`` for the binary dSprites. ``low`` is black and
+      ``high`` white when samples are turned into uint8 images (``images.to_uint8``). None for
+      points.
+
+  Datasets with ground-truth factors (the dSprites family) also have ``num_factors``,
+  ``factor_sizes``, ``factor_names``, ``sample_factors(n, rng) -> (n, K) int`` and
+  ``observations(factors) -> (n, *shape) float32``: see :func:`has_ground_truth`.
   """
 
   name: str
   kind: str
   shape: tuple[int, ...]
+  value_range: tuple[float, float] | None
 
   def batch(self, index: int) -> np.ndarray:
     """This process's rows of global batch ``index``: ``(B / num_processes, *shape)`` float32."""
@@ -38,7 +47,20 @@ class Dataset(Protocol):
 
 
 POINT_DATASETS = tuple(toy.DISTRIBUTIONS)
-IMAGE_DATASETS = tuple(images.IMAGE_DATASETS)
+IMAGE_DATASETS = tuple(images.IMAGE_DATASETS) + dsprites.DATASETS
+GROUND_TRUTH_DATASETS = dsprites.DATASETS
+GROUND_TRUTH_ATTRIBUTES = (
+  "num_factors",
+  "factor_sizes",
+  "factor_names",
+  "sample_factors",
+  "observations",
+)
+
+
+def _unknown(name: str) -> UserError:
+  known = ", ".join(POINT_DATASETS + IMAGE_DATASETS)
+  return UserError(f"unknown dataset {name!r}; known datasets: {known}")
 
 
 def example_shape(config) -> tuple[int, ...]:
@@ -48,12 +70,31 @@ def example_shape(config) -> tuple[int, ...]:
     return toy.ToyDataset.shape
   if name in images.IMAGE_DATASETS:
     return images.IMAGE_DATASETS[name][0]
-  known = ", ".join(POINT_DATASETS + IMAGE_DATASETS)
-  raise UserError(f"unknown dataset {name!r}; known datasets: {known}")
+  if name in dsprites.DATASETS:
+    return dsprites.IMAGE_SHAPE
+  raise _unknown(name)
+
+
+def value_range(config) -> tuple[float, float] | None:
+  """The ``value_range`` of ``config.dataset.name`` (see :class:`Dataset`), without opening it."""
+  name = config.dataset.name
+  if name in toy.DISTRIBUTIONS:
+    return None
+  if name in images.IMAGE_DATASETS:
+    return images.VALUE_RANGE
+  if name in dsprites.DATASETS:
+    return dsprites.VALUE_RANGE
+  raise _unknown(name)
+
+
+def has_ground_truth(dataset) -> bool:
+  """Does ``dataset`` have the ground-truth factor interface the disentanglement metrics use?"""
+  return all(hasattr(dataset, a) for a in GROUND_TRUTH_ATTRIBUTES)
 
 
 def create(config, global_batch_size: int) -> Dataset:
-  """The dataset named by ``config.dataset.name`` (toy sets in-process, images from TFDS)."""
+  """The dataset named by ``config.dataset.name``: toy sets and procedural dSprites in-process,
+  images and the dSprites file from TFDS."""
   name = config.dataset.name
   if name in toy.DISTRIBUTIONS:
     return toy.ToyDataset(name, global_batch_size, seed=config.seed)
@@ -66,6 +107,12 @@ def create(config, global_batch_size: int) -> Dataset:
       split=config.dataset.split,
       eval_split=config.dataset.eval_split,
     )
+  if name == "dsprites":
+    return dsprites.DSprites(
+      name, global_batch_size, seed=config.seed, data_dir=config.dataset.data_dir or None
+    )
+  if name in dsprites.DATASETS:
+    return dsprites.ProceduralDSprites(name, global_batch_size, seed=config.seed)
   return example_shape(config)  # Raises the unknown-dataset error.
 
 

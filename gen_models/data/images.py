@@ -13,6 +13,8 @@ import numpy as np
 
 from gen_models.errors import UserError
 
+VALUE_RANGE = (-1.0, 1.0)  # Model-space pixel values (``x / 127.5 - 1``).
+
 # name -> (example shape after preprocessing, spatial zero padding per side)
 IMAGE_DATASETS = {
   "mnist": ((32, 32, 1), 2),
@@ -51,6 +53,7 @@ class TfdsImageDataset:
   """Random-access shuffled image batches from a prepared TFDS dataset."""
 
   kind = "images"
+  value_range = VALUE_RANGE
 
   def __init__(
     self,
@@ -87,6 +90,9 @@ class TfdsImageDataset:
     return np.stack([self._preprocess(source[i]) for i in range(n)])
 
 
-def to_uint8(x: np.ndarray) -> np.ndarray:
-  """Model-space images in ``[-1, 1]`` → uint8 ``[0, 255]`` (round to nearest)."""
-  return np.clip(np.rint((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+def to_uint8(x: np.ndarray, value_range: tuple[float, float] = VALUE_RANGE) -> np.ndarray:
+  """Model-space images with values in ``value_range = (low, high)`` → uint8 ``[0, 255]``: ``low``
+  → 0, ``high`` → 255, linear in between, rounded to nearest, clipped."""
+  low, high = value_range
+  scaled = (np.asarray(x) - low) * (255.0 / (high - low))  # For [-1, 1]: (x + 1) · 127.5.
+  return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)

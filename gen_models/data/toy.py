@@ -56,6 +56,7 @@ class ToyDataset:
 
   kind = "points"
   shape = (2,)
+  value_range = None  # Points have no pixel range (see ``gen_models.data.Dataset``).
 
   def __init__(self, name: str, global_batch_size: int, seed: int):
     self.name = name

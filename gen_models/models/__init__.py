@@ -20,6 +20,7 @@ from gen_models.train_state import TrainState
 
 FAMILIES: dict[str, str] = {
   "wgan_gp": "gen_models.models.wgan_gp",
+  "vae": "gen_models.models.vae",
 }
 
 
@@ -36,6 +37,11 @@ class Family:
       held-out real examples (or None) as returned by the dataset.
     batches_per_step: how many global data batches one train step consumes.
     num_reference: how many held-out examples ``evaluate`` wants (0: none).
+    encode: ``(state, x (B, *example_shape)) -> (B, d)`` codes (a VAE's posterior means), for
+      representation metrics; None for a family without an encoder.
+    image_grids: ``(state, examples (n, *example_shape)) -> {name: (rows, cols, *example_shape)}``
+      extra pictures in data space made from real examples (a VAE's reconstructions and latent
+      traversals), written beside the sample grid for image data; None: none.
   """
 
   init: Callable[[jax.Array], TrainState]
@@ -44,6 +50,8 @@ class Family:
   evaluate: Callable[[TrainState, jax.Array, np.ndarray | None], dict[str, float]]
   batches_per_step: int = 1
   num_reference: int = 0
+  encode: Callable[[TrainState, jax.Array], jax.Array] | None = None
+  image_grids: Callable[[TrainState, jax.Array], dict[str, jax.Array]] | None = None
 
 
 def module(name: str) -> Any:
