@@ -18,11 +18,14 @@ the devices before timing, so the numbers are of the step alone, without the inp
 * ``toy``: ``experiments/configs/wgan_gp_toy.py`` (MLP), batches of the real 2-D toy dataset.
 * ``cifar10``: ``experiments/configs/wgan_gp_cifar10.py`` (DCGAN) on 32×32×3 standard-normal
   batches (no TFDS data needed).
+* ``vae``: ``experiments/configs/beta_vae_dsprites.py`` (disentanglement_lib's conv nets, β = 4,
+  batch 64) on random binary 64×64×1 batches. One Adam step per train step, so
+  ``n_critic`` is 1 and ``gen_steps_per_s`` counts VAE updates.
 
 **Layers** (``--layers``): forward + backward (gradients of ``Σ y²`` with respect to the input
-and the kernel) of every conv shape of the DCGAN nets at batch 64, for each conv formulation of
-``gen_models.nn.conv`` and ``torch.nn.Conv2d`` / ``ConvTranspose2d``; ``ratio`` = PyTorch's
-time over the row's.
+and the kernel) of every stride-2 conv shape of the DCGAN and β-VAE nets at batch 64, for
+each conv formulation of ``gen_models.nn.conv`` and ``torch.nn.Conv2d`` /
+``ConvTranspose2d``; ``ratio`` = PyTorch's time over the row's.
 
 Every measurement runs in a fresh process (``--_worker``), one after another; each row records
 the 1-minute load average, as the machines are shared. Prints tables and writes JSON with the
@@ -52,22 +55,32 @@ from gen_models.errors import UserError
 CONFIGS = {
   "toy": ("wgan_gp_toy", (2,), {"default": (200, 10)}),
   "cifar10": ("wgan_gp_cifar10", (32, 32, 3), {"default": (20, 2), "cpu": (3, 1)}),
+  "vae": ("beta_vae_dsprites", (64, 64, 1), {"default": (50, 5), "cpu": (20, 3)}),
 }
 CONV_IMPLS = ("auto", "xla", "space_to_depth", "subpixel")
 LOOPS = ("scan", "unrolled")
 POOL = 4  # Distinct device-resident batches cycled through by the timed loop.
-# (kind, spatial size of the input, C_in, C_out) of every 5×5 stride-2 conv of the DCGAN nets.
-DCGAN_LAYERS = (
-  ("conv", 32, 3, 64),
-  ("conv", 16, 64, 128),
-  ("conv", 8, 128, 256),
-  ("conv_transpose", 4, 256, 128),
-  ("conv_transpose", 8, 128, 64),
-  ("conv_transpose", 16, 64, 3),
+# (net, kind, kernel size, spatial size of the input, C_in, C_out) of every stride-2 conv of
+# the DCGAN nets (WGAN-GP cifar10) and the β-VAE conv nets (dSprites), batch 64.
+LAYERS = (
+  ("dcgan", "conv", 5, 32, 3, 64),
+  ("dcgan", "conv", 5, 16, 64, 128),
+  ("dcgan", "conv", 5, 8, 128, 256),
+  ("dcgan", "conv_transpose", 5, 4, 256, 128),
+  ("dcgan", "conv_transpose", 5, 8, 128, 64),
+  ("dcgan", "conv_transpose", 5, 16, 64, 3),
+  ("vae", "conv", 4, 64, 1, 32),
+  ("vae", "conv", 4, 32, 32, 32),
+  ("vae", "conv", 2, 16, 32, 64),
+  ("vae", "conv", 2, 8, 64, 64),
+  ("vae", "conv_transpose", 4, 4, 64, 64),
+  ("vae", "conv_transpose", 4, 8, 64, 32),
+  ("vae", "conv_transpose", 4, 16, 32, 32),
+  ("vae", "conv_transpose", 4, 32, 32, 1),
 )
 LAYER_BATCH = 64
 
-_CONFIGS = flags.DEFINE_list("configs", ["toy", "cifar10"], f"Any of {', '.join(CONFIGS)}.")
+_CONFIGS = flags.DEFINE_list("configs", ["toy", "cifar10", "vae"], f"Any of {', '.join(CONFIGS)}.")
 _STEPS = flags.DEFINE_integer(
   "steps", None, "Timed steps (default: toy 200; cifar10 20, 3 on CPU)."
 )
@@ -82,7 +95,10 @@ _LOOPS = flags.DEFINE_list(
   "critic_loops", ["unrolled", "scan"], "Critic loop variants: scan and/or unrolled."
 )
 _TORCH = flags.DEFINE_bool("torch", True, "Time the PyTorch eager peers too.")
-_LAYERS = flags.DEFINE_bool("layers", True, "Time every conv layer shape of the DCGAN nets too.")
+_TORCH_THREADS = flags.DEFINE_integer(
+  "torch_threads", None, "torch.set_num_threads for the peers (default: PyTorch's own)."
+)
+_LAYERS = flags.DEFINE_bool("layers", True, "Time every conv shape of the DCGAN and VAE nets too.")
 _LAYER_REPEATS = flags.DEFINE_integer("layer_repeats", 5, "Timed repeats per layer (min taken).")
 _OUTPUT = flags.DEFINE_string("output", "bench_train.json", "Where to write the JSON results.")
 _WORKER = flags.DEFINE_string("_worker", None, "Internal: one measurement (a JSON spec).")
@@ -127,7 +143,8 @@ def _config(name: str, spec: dict):
   from gen_models import config as config_lib
 
   config = importlib.import_module(f"experiments.configs.{CONFIGS[name][0]}").get_config()
-  config.gan.unroll_critic = spec.get("critic_loop") == "unrolled"
+  if "gan" in config:
+    config.gan.unroll_critic = spec.get("critic_loop") == "unrolled"
   config.conv_impl = spec.get("conv_impl") or "auto"
   if spec.get("batch_size") is not None:
     config.batch_size = spec["batch_size"]
@@ -143,6 +160,8 @@ def _batches(name: str, config, shape, n_critic: int) -> list[np.ndarray]:
     return [next(it) for _ in range(POOL)]
   rng = np.random.default_rng(0)
   size = (n_critic, config.batch_size, *shape)
+  if name == "vae":  # Binary images, as dSprites.
+    return [(rng.random(size) < 0.1).astype(np.float32) for _ in range(POOL)]
   return [rng.standard_normal(size, dtype=np.float32) for _ in range(POOL)]
 
 
@@ -201,15 +220,21 @@ def _torch_step(spec: dict) -> dict:
 
   from experiments import torch_peers
 
+  if spec.get("torch_threads"):
+    torch.set_num_threads(spec["torch_threads"])
   name, shape = spec["config"], CONFIGS[spec["config"]][1]
   config = _config(name, spec)
   torch_shape = shape if len(shape) == 1 else (shape[2], shape[0], shape[1])
-  peer = torch_peers.WGANGP(config, shape, seed=config.seed)
-  n_critic = config.gan.n_critic
+  if config.model == "vae":
+    peer, n_critic = torch_peers.BetaVAE(config, shape, seed=config.seed), 1
+  else:
+    peer, n_critic = torch_peers.WGANGP(config, shape, seed=config.seed), config.gan.n_critic
   gen = torch.Generator().manual_seed(0)
   pool = [
     torch.randn(n_critic, config.batch_size, *torch_shape, generator=gen) for _ in range(POOL)
   ]
+  if config.model == "vae":
+    pool = [(b > 1.28).float() for b in pool]  # Binary, about 10 % ones, as dSprites.
   for i in range(spec["warmup"]):
     peer.step(pool[i % POOL])
   t0 = time.perf_counter()
@@ -245,14 +270,14 @@ def _jax_layers(spec: dict) -> dict:
   from gen_models.nn.conv import conv2d, conv_transpose2d
 
   rng, out = np.random.default_rng(0), {}
-  for kind, size, c_in, c_out in DCGAN_LAYERS:
+  for net, kind, k, size, c_in, c_out in LAYERS:
     op = conv2d if kind == "conv" else conv_transpose2d
     x = jnp.asarray(rng.standard_normal((LAYER_BATCH, size, size, c_in)), jnp.float32)
-    w = jnp.asarray(0.01 * rng.standard_normal((5, 5, c_in, c_out)), jnp.float32)
+    w = jnp.asarray(0.01 * rng.standard_normal((k, k, c_in, c_out)), jnp.float32)
     loss = lambda x, w, op=op: jnp.sum(jnp.square(op(x, w, (2, 2), "SAME", spec["conv_impl"])))
     grads = jax.jit(jax.grad(loss, argnums=(0, 1)))
     jax.block_until_ready(grads(x, w))
-    out[_layer_name(kind, size, c_in, c_out)] = 1000 * _best_time(
+    out[_layer_name(net, kind, k, size, c_in, c_out)] = 1000 * _best_time(
       lambda g=grads, x=x, w=w: jax.block_until_ready(g(x, w)), spec["repeats"]
     )
   return {"ms": out}
@@ -261,12 +286,16 @@ def _jax_layers(spec: dict) -> dict:
 def _torch_layers(spec: dict) -> dict:
   import torch
 
+  if spec.get("torch_threads"):
+    torch.set_num_threads(spec["torch_threads"])
   out = {}
-  for kind, size, c_in, c_out in DCGAN_LAYERS:
+  for net, kind, k, size, c_in, c_out in LAYERS:
+    # The padding that gives XLA's SAME output sizes (H/2, 2H) for even H.
     if kind == "conv":
-      layer = torch.nn.Conv2d(c_in, c_out, 5, stride=2, padding=2)
+      layer = torch.nn.Conv2d(c_in, c_out, k, stride=2, padding=(k - 1) // 2)
     else:
-      layer = torch.nn.ConvTranspose2d(c_in, c_out, 5, stride=2, padding=2, output_padding=1)
+      pad, extra = (2, 1) if k == 5 else ((k - 2) // 2, 0)
+      layer = torch.nn.ConvTranspose2d(c_in, c_out, k, 2, padding=pad, output_padding=extra)
     x = torch.randn(LAYER_BATCH, c_in, size, size)
 
     def fwd_bwd(layer=layer, x=x):
@@ -275,13 +304,13 @@ def _torch_layers(spec: dict) -> dict:
       layer(x).square().sum().backward()
 
     fwd_bwd()
-    out[_layer_name(kind, size, c_in, c_out)] = 1000 * _best_time(fwd_bwd, spec["repeats"])
+    out[_layer_name(net, kind, k, size, c_in, c_out)] = 1000 * _best_time(fwd_bwd, spec["repeats"])
   return {"ms": out, "torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
-def _layer_name(kind: str, size: int, c_in: int, c_out: int) -> str:
+def _layer_name(net: str, kind: str, k: int, size: int, c_in: int, c_out: int) -> str:
   out = size // 2 if kind == "conv" else size * 2
-  return f"{kind} 5x5/2 {size}²×{c_in} → {out}²×{c_out}"
+  return f"{net} {kind} {k}x{k}/2 {size}²×{c_in} → {out}²×{c_out}"
 
 
 WORKERS = {
@@ -333,11 +362,12 @@ def _step_rows(name: str, tmp: str) -> list[dict]:
   warmup = _WARMUP.value if _WARMUP.value is not None else warmup
   common = {"config": name, "steps": steps, "warmup": warmup, "batch_size": _BATCH_SIZE.value}
   impls = _CONV_IMPLS.value if len(CONFIGS[name][1]) == 3 else ["-"]
+  loops = _LOOPS.value if name != "vae" else ["-"]
   specs = []
   if _TORCH.value:
-    specs.append({"worker": "torch_step", **common})
+    specs.append({"worker": "torch_step", **common, "torch_threads": _TORCH_THREADS.value})
   for impl in impls:
-    for loop in _LOOPS.value:
+    for loop in loops:
       impl_key = None if impl == "-" else impl
       specs.append({"worker": "jax_step", **common, "conv_impl": impl_key, "critic_loop": loop})
   rows = []
@@ -375,13 +405,14 @@ def _layer_rows(tmp: str) -> list[dict]:
   repeats = _LAYER_REPEATS.value
   runs = []
   if _TORCH.value:
-    runs.append(("torch", "-", _spawn({"worker": "torch_layers", "repeats": repeats}, tmp)))
+    spec = {"worker": "torch_layers", "repeats": repeats, "torch_threads": _TORCH_THREADS.value}
+    runs.append(("torch", "-", _spawn(spec, tmp)))
   for impl in ("xla", "space_to_depth", "subpixel"):
     spec = {"worker": "jax_layers", "conv_impl": impl, "repeats": repeats}
     runs.append(("jax", impl, _spawn(spec, tmp)))
   rows = []
-  for kind, size, c_in, c_out in DCGAN_LAYERS:
-    layer = _layer_name(kind, size, c_in, c_out)
+  for spec in LAYERS:
+    layer = _layer_name(*spec)
     torch_ms = runs[0][2]["ms"][layer] if _TORCH.value else None
     for framework, impl, result in runs:
       ms = result["ms"][layer]

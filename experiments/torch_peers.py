@@ -1,4 +1,4 @@
-r"""PyTorch eager peers of the train steps, for ``experiments/bench_train.py`` only (not a test).
+r"""PyTorch eager peers of the train steps (WGAN-GP, β-VAE), for ``experiments/bench_train.py``.
 
 What a user would otherwise run: the same nets (same layer shapes, activations, normalisation
 and parameter counts as ``gen_models``) and the same step, written the usual PyTorch way, in
@@ -109,4 +109,77 @@ class WGANGP:
     self.g_opt.zero_grad(set_to_none=True)
     g_loss.backward()
     self.g_opt.step()
-    return {"critic_loss": float(loss), "generator_loss": float(g_loss)}
+    return {"critic_loss": loss.item(), "generator_loss": g_loss.item()}
+
+
+class VAEEncoder(nn.Module):
+  """``gen_models.models.vae.ConvEncoder`` ("conv"): 32 k4, 32 k4, 64 k2, 64 k2 (stride 2,
+  ReLU) → dense 256 → means and log-variances."""
+
+  def __init__(self, channels: int, size: int, latent: int):
+    super().__init__()
+    specs = ((channels, 32, 4), (32, 32, 4), (32, 64, 2), (64, 64, 2))
+    # padding 1 for k4 and 0 for k2 give XLA's SAME sizes (H/2) for even H.
+    self.convs = nn.ModuleList(nn.Conv2d(i, o, k, 2, (k - 2) // 2) for i, o, k in specs)
+    self.fc = nn.Linear(64 * (size // 16) ** 2, 256)
+    self.means, self.log_var = nn.Linear(256, latent), nn.Linear(256, latent)
+
+  def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    for conv in self.convs:
+      x = torch.relu(conv(x))
+    h = torch.relu(self.fc(x.flatten(1)))
+    return self.means(h), self.log_var(h)
+
+
+class VAEDecoder(nn.Module):
+  """``gen_models.models.vae.ConvDecoder`` ("conv"): dense 256 → 1024 → 4×4×64 → transposed
+  convs 64, 32, 32, C (k4 s2, ReLU between) → logits."""
+
+  def __init__(self, channels: int, size: int, latent: int):
+    super().__init__()
+    self.start = size // 16
+    self.fc1, self.fc2 = nn.Linear(latent, 256), nn.Linear(256, 64 * self.start**2)
+    specs = ((64, 64), (64, 32), (32, 32), (32, channels))
+    self.ups = nn.ModuleList(nn.ConvTranspose2d(i, o, 4, 2, 1) for i, o in specs)
+
+  def forward(self, z: torch.Tensor) -> torch.Tensor:
+    h = torch.relu(self.fc2(torch.relu(self.fc1(z))))
+    x = h.view(-1, 64, self.start, self.start)
+    for i, up in enumerate(self.ups):
+      x = up(x)
+      x = torch.relu(x) if i < len(self.ups) - 1 else x
+    return x
+
+
+class BetaVAE:
+  """One β-VAE train step as ``gen_models.models.vae.train_step`` ("conv" nets, Bernoulli
+  likelihood, ``L = R + β·KL``): one Adam update of encoder and decoder."""
+
+  def __init__(self, config, example_shape: tuple[int, ...], seed: int = 0):
+    torch.manual_seed(seed)
+    vae, opt = config.vae, config.optimizer
+    size, channels = example_shape[0], example_shape[2]
+    self.beta = vae.beta
+    self.encoder = VAEEncoder(channels, size, vae.latent_dim)
+    self.decoder = VAEDecoder(channels, size, vae.latent_dim)
+    params = [*self.encoder.parameters(), *self.decoder.parameters()]
+    self.opt = torch.optim.Adam(params, lr=opt.learning_rate, betas=(opt.b1, opt.b2), eps=opt.eps)
+
+  def num_params(self) -> tuple[int, int]:
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    return count(self.encoder), count(self.decoder)
+
+  def step(self, batch: torch.Tensor) -> dict[str, float]:
+    """``batch``: ``(1, B, C, H, W)`` in [0, 1]."""
+    (x,) = batch
+    mu, log_var = self.encoder(x)
+    z = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
+    logits = self.decoder(z)
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    reconstruction = bce.flatten(1).sum(1).mean()
+    kl = (0.5 * (log_var.exp() + mu.square() - 1.0 - log_var)).sum(1).mean()
+    loss = reconstruction + self.beta * kl
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    self.opt.step()
+    return {"loss": loss.item(), "kl": kl.item()}
