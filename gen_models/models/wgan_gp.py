@@ -42,8 +42,8 @@ import optax
 
 from gen_models import devices
 from gen_models.config import base_config
+from gen_models.divergences import wasserstein1
 from gen_models.errors import UserError
-from gen_models.metrics.emd import wasserstein1
 from gen_models.models import Family
 from gen_models.train_state import TrainState, apply_gradients
 
