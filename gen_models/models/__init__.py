@@ -36,6 +36,8 @@ class Family:
       held-out real examples (or None) as returned by the dataset.
     batches_per_step: how many global data batches one train step consumes.
     num_reference: how many held-out examples ``evaluate`` wants (0: none).
+    critic_values: optional ``(state, points (N, *example_shape)) -> (N,)``, the family's
+      critic/discriminator output at ``points``; the 2-D sample plot draws it as contours.
   """
 
   init: Callable[[jax.Array], TrainState]
@@ -44,6 +46,7 @@ class Family:
   evaluate: Callable[[TrainState, jax.Array, np.ndarray | None], dict[str, float]]
   batches_per_step: int = 1
   num_reference: int = 0
+  critic_values: Callable[[TrainState, jax.Array], jax.Array] | None = None
 
 
 def module(name: str) -> Any:

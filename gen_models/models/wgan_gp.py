@@ -302,6 +302,12 @@ def sample(
   return out
 
 
+def critic_values(state: TrainState, points: jax.Array, *, critic: nn.Module) -> jax.Array:
+  """``D(x)`` at ``points (N, *example_shape)`` → ``(N,)``: the WGAN critic's value, or the
+  discriminator's logit for the standard GAN losses."""
+  return critic.apply({"params": state.params["critic"]}, points)[..., 0]
+
+
 def init(
   rng: jax.Array,
   *,
@@ -388,4 +394,5 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
     evaluate=functools.partial(evaluate, sample_fn=jitted_sample, num_samples=num_eval),
     batches_per_step=gan.n_critic,
     num_reference=2 * num_eval,
+    critic_values=functools.partial(critic_values, critic=critic),
   )
