@@ -49,7 +49,7 @@ def test_toy_plot_handles_a_constant_critic_and_all_points_outside():
 def test_wgan_gp_critic_values_is_the_critic_output():
   config = wgan_gp_toy.get_config("smoke")
   family = wgan_gp.make_family(config, (2,))
-  state = family.init(jax.random.key(0))
+  state = jax.jit(family.init)(jax.random.key(0))
   points = _points(3, 7).astype(np.float32)
   got = family.critic_values(state, points)
   _, critic = wgan_gp.make_networks(config.gan, (2,))
@@ -80,7 +80,7 @@ def test_trainer_title_ratio_equals_the_evaluated_w1_ratio(monkeypatch):
   dataset = data_lib.create(config, config.batch_size)
   family = wgan_gp.make_family(config, dataset.shape)
   key = jax.random.key(0)
-  state = family.init(key)
+  state = jax.jit(family.init)(key)
   writer = _Writer()
   outputs = trainer._Outputs(config, family, dataset, writer, key, None)
   outputs.write_samples(6, state)
