@@ -46,10 +46,17 @@ def test_toy_plot_handles_a_constant_critic_and_all_points_outside():
   assert out.ndim == 3
 
 
-def test_wgan_gp_critic_values_is_the_critic_output():
+@pytest.fixture(scope="module")
+def toy():
+  """``(config, dataset, family, state)`` of the toy smoke config at initialisation."""
   config = wgan_gp_toy.get_config("smoke")
-  family = wgan_gp.make_family(config, (2,))
-  state = jax.jit(family.init)(jax.random.key(0))
+  dataset = data_lib.create(config, config.batch_size)
+  family = wgan_gp.make_family(config, dataset.shape)
+  return config, dataset, family, jax.jit(family.init)(jax.random.key(0))
+
+
+def test_wgan_gp_critic_values_is_the_critic_output(toy):
+  config, _, family, state = toy
   points = _points(3, 7).astype(np.float32)
   got = family.critic_values(state, points)
   _, critic = wgan_gp.make_networks(config.gan, (2,))
@@ -66,7 +73,7 @@ class _Writer:
     self.images.append((step, name, array))
 
 
-def test_trainer_title_ratio_equals_the_evaluated_w1_ratio(monkeypatch):
+def test_trainer_title_ratio_equals_the_evaluated_w1_ratio(toy, monkeypatch):
   """The sample figure's title has the ratio that ``eval/w1_ratio`` logs at the same step."""
   drawn = []
   real_plot = images.toy_plot
@@ -76,13 +83,9 @@ def test_trainer_title_ratio_equals_the_evaluated_w1_ratio(monkeypatch):
     return real_plot(real, fake, title=title, critic=critic, **kwargs)
 
   monkeypatch.setattr(trainer, "toy_plot", spy)
-  config = wgan_gp_toy.get_config("smoke")
-  dataset = data_lib.create(config, config.batch_size)
-  family = wgan_gp.make_family(config, dataset.shape)
-  key = jax.random.key(0)
-  state = jax.jit(family.init)(key)
+  config, dataset, family, state = toy
   writer = _Writer()
-  outputs = trainer._Outputs(config, family, dataset, writer, key, None)
+  outputs = trainer._Outputs(config, family, dataset, writer, jax.random.key(0), None)
   outputs.write_samples(6, state)
   ((title, values),) = drawn
   assert values.shape == (3,)
