@@ -42,8 +42,8 @@ import optax
 
 from gen_models import devices
 from gen_models.config import base_config
+from gen_models.divergences import wasserstein1
 from gen_models.errors import UserError
-from gen_models.metrics.emd import wasserstein1
 from gen_models.models import Family
 from gen_models.nn import Conv, ConvTranspose, check_impl
 from gen_models.train_state import TrainState, apply_gradients
@@ -310,6 +310,12 @@ def sample(
   return out
 
 
+def critic_values(state: TrainState, points: jax.Array, *, critic: nn.Module) -> jax.Array:
+  """``D(x)`` at ``points (N, *example_shape)`` → ``(N,)``: the WGAN critic's value, or the
+  discriminator's logit for the standard GAN losses."""
+  return critic.apply({"params": state.params["critic"]}, points)[..., 0]
+
+
 def init(
   rng: jax.Array,
   *,
@@ -396,4 +402,5 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
     evaluate=functools.partial(evaluate, sample_fn=jitted_sample, num_samples=num_eval),
     batches_per_step=gan.n_critic,
     num_reference=2 * num_eval,
+    critic_values=functools.partial(critic_values, critic=critic),
   )
