@@ -66,8 +66,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.gan.mlp_depth = 3  # Hidden layers of each MLP.
   c.gan.dcgan_dim = 64  # Channels of the first critic conv; the nets scale it by 1, 2, 4.
   # Unroll the n_critic loop (lax.scan unroll=n_critic): same numbers, longer compile. XLA:CPU
-  # runs convolutions inside a loop body ~3.7× slower (measured; jax-ml/jax#12868).
-  c.gan.unroll_critic = False
+  # runs convolutions inside a loop body far more slowly (jax-ml/jax#12868): the cifar10 step
+  # took 12× longer as a rolled scan (experiments/bench_train.py, docs/BENCHMARKS.md).
+  c.gan.unroll_critic = True
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 1e-4
   c.optimizer.b1 = 0.0
