@@ -1,32 +1,46 @@
-r"""Benchmark of the compiled WGAN-GP train step on the current backend (not a test).
+r"""Benchmark of the compiled train steps against their PyTorch eager peers (not a test).
 
     python -m experiments.bench_train [--configs=toy,cifar10] [--steps=N] [--warmup=N] \
-        [--batch_size=B] [--output=bench_train.json]
+        [--batch_size=B] [--conv_impls=subpixel,xla] [--critic_loops=scan,unrolled] \
+        [--torch] [--layers] [--output=bench_train.json]
 
-For each config: the family's ``train_step`` jitted exactly as the trainer does (state
-replicated, batch ``(n_critic, B, *shape)`` split over ``data`` on axis 1, state donated),
-with the time of ``.lower(...).compile()``, then ``--warmup`` untimed steps and ``--steps``
-timed steps. ``gen_steps_per_s`` counts generator updates (one per train step, after its
-``n_critic`` critic updates); ``examples_per_s = n_critic · B · gen_steps_per_s`` counts real
-examples consumed. Batches are placed on the devices before timing (a pool of a few, cycled),
-so the numbers are of the compiled step alone, without the input pipeline. Default step counts
-are per backend (``CONFIGS``): one cifar10 step takes ~40 s on a 2-core CPU.
+**Steps.** For each config: the family's ``train_step`` jitted exactly as the trainer does (state
+replicated, batch ``(n_critic, B, *shape)`` split over ``data`` on axis 1, state donated), with
+the time of ``.lower(...).compile()``, then ``--warmup`` untimed steps and ``--steps`` timed
+steps, for every ``--conv_impls`` × ``--critic_loops`` variant (``conv_impl``, and the n_critic
+critic updates as a rolled ``lax.scan`` or unrolled: ``gan.unroll_critic``). With ``--torch``
+(default on), the same nets and step in PyTorch eager (``experiments/torch_peers.py``) on the
+same batch shapes. ``gen_steps_per_s`` counts generator updates (one per train step, after its
+``n_critic`` critic updates); ``examples_per_s = n_critic · B · gen_steps_per_s``; ``ratio`` is
+a row's ``examples_per_s`` over the PyTorch peer's (> 1: faster than PyTorch). Batches are on
+the devices before timing, so the numbers are of the step alone, without the input pipeline.
 
-* ``toy``: ``experiments/configs/wgan_gp_toy.py``, batches of the real 2-D toy dataset.
-* ``cifar10``: ``experiments/configs/wgan_gp_cifar10.py`` on 32×32×3 standard-normal batches
-  (no TFDS data needed).
+* ``toy``: ``experiments/configs/wgan_gp_toy.py`` (MLP), batches of the real 2-D toy dataset.
+* ``cifar10``: ``experiments/configs/wgan_gp_cifar10.py`` (DCGAN) on 32×32×3 standard-normal
+  batches (no TFDS data needed).
+* ``vae``: ``experiments/configs/beta_vae_dsprites.py`` (disentanglement_lib's conv nets, β = 4,
+  batch 64) on random binary 64×64×1 batches. One Adam step per train step, so
+  ``n_critic`` is 1 and ``gen_steps_per_s`` counts VAE updates.
 
-Side by side in one run, each config is timed with the n_critic critic updates as a rolled
-``lax.scan`` and unrolled (``gan.unroll_critic``), on one device and, when there are several,
-on all of them. ``ratio`` is a row's ``examples_per_s`` over the config's first row (1 device,
-scan), so machine noise that hits the whole run cancels.
-Prints a table and writes the rows, with the JAX version, backend, device kind and date, as JSON.
+**Layers** (``--layers``): forward + backward (gradients of ``Σ y²`` with respect to the input
+and the kernel) of every stride-2 conv shape of the DCGAN and β-VAE nets at batch 64, for
+each conv formulation of ``gen_models.nn.conv`` and ``torch.nn.Conv2d`` /
+``ConvTranspose2d``; ``ratio`` = PyTorch's time over the row's.
+
+Every measurement runs in a fresh process (``--_worker``), one after another; each row records
+the 1-minute load average, as the machines are shared. Prints tables and writes JSON with the
+versions, backend and date. Needs ``pip install '.[bench]'`` for the PyTorch rows.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
+import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
@@ -34,77 +48,135 @@ import numpy as np
 from absl import app, flags
 
 from experiments import cli
-from experiments.configs import wgan_gp_cifar10, wgan_gp_toy
-from gen_models import config as config_lib
-from gen_models import data as data_lib
-from gen_models import devices as dev
-from gen_models import models
 from gen_models.errors import UserError
 
-# name -> (config getter, example shape, (timed steps, warm-up steps) by backend). One cifar10
-# step (dim 64, batch 64, n_critic 5) takes ~40 s on a 2-core CPU, so CPU defaults are minimal.
+# name -> (config module, example shape, (timed steps, warm-up steps) by backend). One cifar10
+# step (dim 64, batch 64, n_critic 5) takes seconds on a 2-core CPU, so CPU defaults are small.
 CONFIGS = {
-  "toy": (wgan_gp_toy.get_config, (2,), {"default": (200, 10)}),
-  "cifar10": (wgan_gp_cifar10.get_config, (32, 32, 3), {"default": (20, 2), "cpu": (1, 1)}),
+  "toy": ("wgan_gp_toy", (2,), {"default": (200, 10)}),
+  "cifar10": ("wgan_gp_cifar10", (32, 32, 3), {"default": (20, 2), "cpu": (3, 1)}),
+  "vae": ("beta_vae_dsprites", (64, 64, 1), {"default": (50, 5), "cpu": (20, 3)}),
 }
+CONV_IMPLS = ("auto", "xla", "space_to_depth", "subpixel")
+LOOPS = ("scan", "unrolled")
 POOL = 4  # Distinct device-resident batches cycled through by the timed loop.
+# (net, kind, kernel size, spatial size of the input, C_in, C_out) of every stride-2 conv of
+# the DCGAN nets (WGAN-GP cifar10) and the β-VAE conv nets (dSprites), batch 64.
+LAYERS = (
+  ("dcgan", "conv", 5, 32, 3, 64),
+  ("dcgan", "conv", 5, 16, 64, 128),
+  ("dcgan", "conv", 5, 8, 128, 256),
+  ("dcgan", "conv_transpose", 5, 4, 256, 128),
+  ("dcgan", "conv_transpose", 5, 8, 128, 64),
+  ("dcgan", "conv_transpose", 5, 16, 64, 3),
+  ("vae", "conv", 4, 64, 1, 32),
+  ("vae", "conv", 4, 32, 32, 32),
+  ("vae", "conv", 2, 16, 32, 64),
+  ("vae", "conv", 2, 8, 64, 64),
+  ("vae", "conv_transpose", 4, 4, 64, 64),
+  ("vae", "conv_transpose", 4, 8, 64, 32),
+  ("vae", "conv_transpose", 4, 16, 32, 32),
+  ("vae", "conv_transpose", 4, 32, 32, 1),
+)
+LAYER_BATCH = 64
 
-_CONFIGS = flags.DEFINE_list("configs", ["toy", "cifar10"], f"Any of {', '.join(CONFIGS)}.")
+_CONFIGS = flags.DEFINE_list("configs", ["toy", "cifar10", "vae"], f"Any of {', '.join(CONFIGS)}.")
 _STEPS = flags.DEFINE_integer(
-  "steps", None, "Timed steps (default: toy 200; cifar10 20, or 1 on CPU)."
+  "steps", None, "Timed steps (default: toy 200; cifar10 20, 3 on CPU)."
 )
 _WARMUP = flags.DEFINE_integer(
-  "warmup", None, "Untimed steps after compiling (default: toy 10; cifar10 2, or 1 on CPU)."
+  "warmup", None, "Untimed steps after compiling (default: toy 10; cifar10 2, 1 on CPU)."
 )
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch size (default: config's).")
+_CONV_IMPLS = flags.DEFINE_list(
+  "conv_impls", ["subpixel", "space_to_depth", "xla"], "conv_impl variants of conv configs."
+)
+_LOOPS = flags.DEFINE_list(
+  "critic_loops", ["unrolled", "scan"], "Critic loop variants: scan and/or unrolled."
+)
+_TORCH = flags.DEFINE_bool("torch", True, "Time the PyTorch eager peers too.")
+_TORCH_THREADS = flags.DEFINE_integer(
+  "torch_threads", None, "torch.set_num_threads for the peers (default: PyTorch's own)."
+)
+_LAYERS = flags.DEFINE_bool("layers", True, "Time every conv shape of the DCGAN and VAE nets too.")
+_LAYER_REPEATS = flags.DEFINE_integer("layer_repeats", 5, "Timed repeats per layer (min taken).")
 _OUTPUT = flags.DEFINE_string("output", "bench_train.json", "Where to write the JSON results.")
+_WORKER = flags.DEFINE_string("_worker", None, "Internal: one measurement (a JSON spec).")
+_RESULT = flags.DEFINE_string("_result", None, "Internal: where the worker writes its JSON.")
 
 
 def _rate(x: float) -> str:
   return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
 
 
-COLUMNS = (
+STEP_COLUMNS = (
   ("config", str),
-  ("backend", str),
-  ("devices", str),
+  ("framework", str),
+  ("conv_impl", str),
   ("critic_loop", str),
+  ("devices", str),
   ("batch", str),
   ("n_critic", str),
-  ("compile_s", "{:.2f}".format),
+  ("compile_s", lambda v: f"{v:.2f}"),
   ("gen_steps_per_s", _rate),
   ("examples_per_s", _rate),
-  ("ratio", "{:.2f}".format),
+  ("ratio", lambda v: f"{v:.2f}"),
+  ("loadavg_1m", lambda v: f"{v:.1f}"),
+)
+LAYER_COLUMNS = (
+  ("layer", str),
+  ("framework", str),
+  ("conv_impl", str),
+  ("ms", lambda v: f"{v:.1f}"),
+  ("ratio", lambda v: f"{v:.2f}"),
+  ("loadavg_1m", lambda v: f"{v:.1f}"),
 )
 
 
-def _batches(name: str, config, shape: tuple[int, ...], n_critic: int) -> list[np.ndarray]:
+# ---------------------------------------------------------------------------------------------
+# Workers (each in its own process).
+
+
+def _config(name: str, spec: dict):
+  import importlib
+
+  from gen_models import config as config_lib
+
+  config = importlib.import_module(f"experiments.configs.{CONFIGS[name][0]}").get_config()
+  if "gan" in config:
+    config.gan.unroll_critic = spec.get("critic_loop") == "unrolled"
+  config.conv_impl = spec.get("conv_impl") or "auto"
+  if spec.get("batch_size") is not None:
+    config.batch_size = spec["batch_size"]
+  return config_lib.validate(config)
+
+
+def _batches(name: str, config, shape, n_critic: int) -> list[np.ndarray]:
   """``POOL`` host batches ``(n_critic, B, *shape)`` float32."""
+  from gen_models import data as data_lib
+
   if name == "toy":
     it = data_lib.StepIterator(data_lib.create(config, config.batch_size), n_critic)
     return [next(it) for _ in range(POOL)]
   rng = np.random.default_rng(0)
   size = (n_critic, config.batch_size, *shape)
+  if name == "vae":  # Binary images, as dSprites.
+    return [(rng.random(size) < 0.1).astype(np.float32) for _ in range(POOL)]
   return [rng.standard_normal(size, dtype=np.float32) for _ in range(POOL)]
 
 
-def bench(name: str, devices: list[jax.Device], steps: int, warmup: int, unroll: bool) -> dict:
-  """One row: compile time and throughput of config ``name``'s train step on ``devices``.
+def _jax_step(spec: dict) -> dict:
+  """One row: compile time and throughput of the JAX train step."""
+  from gen_models import devices as dev
+  from gen_models import models
 
-  ``unroll`` selects ``gan.unroll_critic``: the n_critic critic updates as a rolled
-  ``lax.scan`` (False) or unrolled into straight-line code (True).
-  """
-  get_config, shape, _ = CONFIGS[name]
-  config = get_config()
-  config.gan.unroll_critic = unroll
-  if _BATCH_SIZE.value is not None:
-    config.batch_size = _BATCH_SIZE.value
-  config = config_lib.validate(config)
+  name, shape = spec["config"], CONFIGS[spec["config"]][1]
+  config = _config(name, spec)
+  devices = jax.devices()[: spec["devices"]]
   mesh = dev.make_mesh(devices)
   dev.check_batch_size(config.batch_size, mesh)
   family = models.make_family(config, shape)
   n_critic = family.batches_per_step
-
   state_sharding = dev.replicated(mesh)
   state = jax.jit(family.init, out_shardings=state_sharding)(jax.random.key(config.seed))
   pool = [dev.global_batch(b, mesh, batch_axis=1) for b in _batches(name, config, shape, n_critic)]
@@ -117,41 +189,251 @@ def bench(name: str, devices: list[jax.Device], steps: int, warmup: int, unroll:
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, pool[0]).compile()
   compile_s = time.perf_counter() - t0
-
-  for i in range(warmup):
+  for i in range(spec["warmup"]):
     state, metrics = compiled(state, pool[i % POOL])
   jax.block_until_ready(state)
   t0 = time.perf_counter()
-  for i in range(steps):
+  for i in range(spec["steps"]):
     state, metrics = compiled(state, pool[i % POOL])
   jax.block_until_ready((state, metrics))
   elapsed = time.perf_counter() - t0
   if not all(np.isfinite(float(v)) for v in dev.to_host(metrics).values()):
-    raise UserError(f"{name}: non-finite metrics after {warmup + steps} steps")
-
-  rate = steps / elapsed
+    raise UserError(f"{name}: non-finite metrics after {spec['warmup'] + spec['steps']} steps")
   return {
-    "config": name,
-    "backend": jax.default_backend(),
-    "devices": len(devices),
-    "critic_loop": "unrolled" if unroll else "scan",
-    "batch": config.batch_size,
-    "n_critic": n_critic,
     "compile_s": compile_s,
-    "gen_steps_per_s": rate,
-    "examples_per_s": n_critic * config.batch_size * rate,
-    "ratio": None,
-    "timed_steps": steps,
-    "warmup_steps": warmup,
     "timed_s": elapsed,
+    "n_critic": n_critic,
+    "batch": config.batch_size,
+    "conv_impl_resolved": _resolved(config.conv_impl),
   }
 
 
-def format_table(rows: list[dict]) -> str:
-  cells = [[c for c, _ in COLUMNS]]
+def _resolved(impl: str) -> str:
+  from gen_models import nn as gnn
+
+  return gnn.resolve_impl(impl)
+
+
+def _torch_step(spec: dict) -> dict:
+  """One row: throughput of the PyTorch eager peer of the same step."""
+  import torch
+
+  from experiments import torch_peers
+
+  if spec.get("torch_threads"):
+    torch.set_num_threads(spec["torch_threads"])
+  name, shape = spec["config"], CONFIGS[spec["config"]][1]
+  config = _config(name, spec)
+  torch_shape = shape if len(shape) == 1 else (shape[2], shape[0], shape[1])
+  if config.model == "vae":
+    peer, n_critic = torch_peers.BetaVAE(config, shape, seed=config.seed), 1
+  else:
+    peer, n_critic = torch_peers.WGANGP(config, shape, seed=config.seed), config.gan.n_critic
+  gen = torch.Generator().manual_seed(0)
+  pool = [
+    torch.randn(n_critic, config.batch_size, *torch_shape, generator=gen) for _ in range(POOL)
+  ]
+  if config.model == "vae":
+    pool = [(b > 1.28).float() for b in pool]  # Binary, about 10 % ones, as dSprites.
+  for i in range(spec["warmup"]):
+    peer.step(pool[i % POOL])
+  t0 = time.perf_counter()
+  for i in range(spec["steps"]):
+    metrics = peer.step(pool[i % POOL])
+  elapsed = time.perf_counter() - t0
+  if not all(np.isfinite(v) for v in metrics.values()):
+    raise UserError(f"{name}: the PyTorch peer's losses are not finite")
+  return {
+    "compile_s": None,
+    "timed_s": elapsed,
+    "n_critic": n_critic,
+    "batch": config.batch_size,
+    "torch_version": torch.__version__,
+    "torch_threads": torch.get_num_threads(),
+    "num_params": peer.num_params(),
+  }
+
+
+def _best_time(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return min(times)
+
+
+def _jax_layers(spec: dict) -> dict:
+  """Forward + backward milliseconds of every DCGAN conv shape with ``spec['conv_impl']``."""
+  import jax.numpy as jnp
+
+  from gen_models.nn.conv import conv2d, conv_transpose2d
+
+  rng, out = np.random.default_rng(0), {}
+  for net, kind, k, size, c_in, c_out in LAYERS:
+    op = conv2d if kind == "conv" else conv_transpose2d
+    x = jnp.asarray(rng.standard_normal((LAYER_BATCH, size, size, c_in)), jnp.float32)
+    w = jnp.asarray(0.01 * rng.standard_normal((k, k, c_in, c_out)), jnp.float32)
+    loss = lambda x, w, op=op: jnp.sum(jnp.square(op(x, w, (2, 2), "SAME", spec["conv_impl"])))
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    jax.block_until_ready(grads(x, w))
+    out[_layer_name(net, kind, k, size, c_in, c_out)] = 1000 * _best_time(
+      lambda g=grads, x=x, w=w: jax.block_until_ready(g(x, w)), spec["repeats"]
+    )
+  return {"ms": out}
+
+
+def _torch_layers(spec: dict) -> dict:
+  import torch
+
+  if spec.get("torch_threads"):
+    torch.set_num_threads(spec["torch_threads"])
+  out = {}
+  for net, kind, k, size, c_in, c_out in LAYERS:
+    # The padding that gives XLA's SAME output sizes (H/2, 2H) for even H.
+    if kind == "conv":
+      layer = torch.nn.Conv2d(c_in, c_out, k, stride=2, padding=(k - 1) // 2)
+    else:
+      pad, extra = (2, 1) if k == 5 else ((k - 2) // 2, 0)
+      layer = torch.nn.ConvTranspose2d(c_in, c_out, k, 2, padding=pad, output_padding=extra)
+    x = torch.randn(LAYER_BATCH, c_in, size, size)
+
+    def fwd_bwd(layer=layer, x=x):
+      x = x.detach().requires_grad_(True)
+      layer.zero_grad(set_to_none=True)
+      layer(x).square().sum().backward()
+
+    fwd_bwd()
+    out[_layer_name(net, kind, k, size, c_in, c_out)] = 1000 * _best_time(fwd_bwd, spec["repeats"])
+  return {"ms": out, "torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def _layer_name(net: str, kind: str, k: int, size: int, c_in: int, c_out: int) -> str:
+  out = size // 2 if kind == "conv" else size * 2
+  return f"{net} {kind} {k}x{k}/2 {size}²×{c_in} → {out}²×{c_out}"
+
+
+WORKERS = {
+  "jax_step": _jax_step,
+  "torch_step": _torch_step,
+  "jax_layers": _jax_layers,
+  "torch_layers": _torch_layers,
+}
+
+
+def run_worker() -> None:
+  spec = json.loads(_WORKER.value)
+  result = WORKERS[spec["worker"]](spec)
+  with open(_RESULT.value, "w") as f:
+    json.dump(result, f)
+
+
+# ---------------------------------------------------------------------------------------------
+# The parent: runs the workers one after another and compares.
+
+
+def _spawn(spec: dict, tmp: str) -> dict:
+  """Runs one worker in a fresh ``python -m experiments.bench_train``; returns its JSON."""
+  path = os.path.join(tmp, "result.json")
+  if os.path.exists(path):
+    os.remove(path)
+  argv = [sys.executable, "-m", "experiments.bench_train", f"--_worker={json.dumps(spec)}"]
+  argv += [f"--_result={path}"]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  label = " ".join(f"{k}={v}" for k, v in spec.items() if k not in ("steps", "warmup", "repeats"))
+  print(f"  {label} ...", end="", flush=True)
+  load = os.getloadavg()[0]  # Other processes on the cores make wall times longer.
+  t0 = time.perf_counter()
+  proc = subprocess.run(argv, cwd=root, env=os.environ.copy(), check=False)
+  if proc.returncode != 0:
+    print(flush=True)
+    raise UserError(f"benchmark worker {label} exited with code {proc.returncode}")
+  with open(path) as f:
+    result = json.load(f)
+  result["loadavg_1m"] = max(load, os.getloadavg()[0])
+  print(f" {time.perf_counter() - t0:.0f} s", flush=True)
+  return result
+
+
+def _step_rows(name: str, tmp: str) -> list[dict]:
+  defaults = CONFIGS[name][2]
+  steps, warmup = defaults.get(jax.default_backend(), defaults["default"])
+  steps = _STEPS.value if _STEPS.value is not None else steps
+  warmup = _WARMUP.value if _WARMUP.value is not None else warmup
+  common = {"config": name, "steps": steps, "warmup": warmup, "batch_size": _BATCH_SIZE.value}
+  impls = _CONV_IMPLS.value if len(CONFIGS[name][1]) == 3 else ["-"]
+  loops = _LOOPS.value if name != "vae" else ["-"]
+  specs = []
+  if _TORCH.value:
+    specs.append({"worker": "torch_step", **common, "torch_threads": _TORCH_THREADS.value})
+  for impl in impls:
+    for loop in loops:
+      impl_key = None if impl == "-" else impl
+      specs.append({"worker": "jax_step", **common, "conv_impl": impl_key, "critic_loop": loop})
+  rows = []
+  for spec in specs:
+    result = _spawn({**spec, "devices": 1}, tmp)
+    torch_row = spec["worker"] == "torch_step"
+    rate = spec["steps"] / result["timed_s"]
+    rows.append(
+      {
+        "config": name,
+        "framework": f"torch {result['torch_version']} eager" if torch_row else "jax",
+        "conv_impl": "-" if torch_row or spec.get("conv_impl") is None else f"{spec['conv_impl']}",
+        "critic_loop": "-" if torch_row else spec["critic_loop"],
+        "devices": 1,
+        "batch": result["batch"],
+        "n_critic": result["n_critic"],
+        "compile_s": result["compile_s"],
+        "gen_steps_per_s": rate,
+        "examples_per_s": result["n_critic"] * result["batch"] * rate,
+        "ratio": None,
+        "timed_steps": spec["steps"],
+        "warmup_steps": spec["warmup"],
+        "timed_s": result["timed_s"],
+        "loadavg_1m": result["loadavg_1m"],
+        **({"torch_threads": result["torch_threads"]} if torch_row else {}),
+      }
+    )
+  baseline = next((r["examples_per_s"] for r in rows if r["framework"].startswith("torch")), None)
   for r in rows:
-    cells.append(["-" if r[c] is None else fmt(r[c]) for c, fmt in COLUMNS])
-  widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    r["ratio"] = r["examples_per_s"] / baseline if baseline else None
+  return rows
+
+
+def _layer_rows(tmp: str) -> list[dict]:
+  repeats = _LAYER_REPEATS.value
+  runs = []
+  if _TORCH.value:
+    spec = {"worker": "torch_layers", "repeats": repeats, "torch_threads": _TORCH_THREADS.value}
+    runs.append(("torch", "-", _spawn(spec, tmp)))
+  for impl in ("xla", "space_to_depth", "subpixel"):
+    spec = {"worker": "jax_layers", "conv_impl": impl, "repeats": repeats}
+    runs.append(("jax", impl, _spawn(spec, tmp)))
+  rows = []
+  for spec in LAYERS:
+    layer = _layer_name(*spec)
+    torch_ms = runs[0][2]["ms"][layer] if _TORCH.value else None
+    for framework, impl, result in runs:
+      ms = result["ms"][layer]
+      rows.append(
+        {
+          "layer": layer,
+          "framework": framework,
+          "conv_impl": impl,
+          "ms": ms,
+          "ratio": torch_ms / ms if torch_ms else None,
+          "loadavg_1m": result["loadavg_1m"],
+        }
+      )
+  return rows
+
+
+def format_table(rows: list[dict], columns) -> str:
+  cells = [[c for c, _ in columns]]
+  for r in rows:
+    cells.append(["-" if r.get(c) is None else fmt(r[c]) for c, fmt in columns])
+  widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
   return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells)
 
 
@@ -161,33 +443,36 @@ def run() -> dict:
     raise UserError(f"--configs must name some of {', '.join(CONFIGS)}; got {_CONFIGS.value}")
   if (_STEPS.value is not None and _STEPS.value < 1) or (_WARMUP.value or 0) < 0:
     raise UserError("--steps must be >= 1 and --warmup >= 0")
-  all_devices = jax.devices()
-  rows = []
-  for name in _CONFIGS.value:
-    defaults = CONFIGS[name][2]
-    default_steps, default_warmup = defaults.get(jax.default_backend(), defaults["default"])
-    steps = _STEPS.value if _STEPS.value is not None else default_steps
-    warmup = _WARMUP.value if _WARMUP.value is not None else default_warmup
-    device_sets = [all_devices[:1]] + ([all_devices] if len(all_devices) > 1 else [])
-    baseline = None
-    for devices in device_sets:
-      for unroll in (False, True):
-        row = bench(name, devices, steps, warmup, unroll)
-        baseline = baseline or row["examples_per_s"]
-        row["ratio"] = row["examples_per_s"] / baseline
-        rows.append(row)
+  bad_impls = [i for i in _CONV_IMPLS.value if i not in CONV_IMPLS]
+  bad_loops = [loop for loop in _LOOPS.value if loop not in LOOPS]
+  if bad_impls or bad_loops or not _CONV_IMPLS.value or not _LOOPS.value:
+    raise UserError(
+      f"--conv_impls must name some of {', '.join(CONV_IMPLS)} and --critic_loops some of "
+      f"{', '.join(LOOPS)}; got {_CONV_IMPLS.value} and {_LOOPS.value}"
+    )
+  if _TORCH.value:
+    try:
+      import torch  # noqa: F401
+    except ImportError:
+      raise UserError("the PyTorch rows need: pip install '.[bench]' (or pass --notorch)") from None
+  with tempfile.TemporaryDirectory() as tmp:
+    rows = [row for name in _CONFIGS.value for row in _step_rows(name, tmp)]
+    layers = _layer_rows(tmp) if _LAYERS.value else []
   return {
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     "jax_version": jax.__version__,
     "backend": jax.default_backend(),
-    "device_kind": all_devices[0].device_kind,
-    "num_devices": len(all_devices),
+    "device_kind": jax.devices()[0].device_kind,
+    "num_devices": len(jax.devices()),
+    "cpu_count": os.cpu_count(),
     "python": platform.python_version(),
     "machine": platform.machine(),
     "ratio_definition": (
-      "examples_per_s / that of the config's first row (1 device, scan), same global batch"
+      "steps: examples_per_s / the PyTorch eager peer's (same config, batch, nets); "
+      "layers: PyTorch's milliseconds / the row's"
     ),
     "rows": rows,
+    "layers": layers,
   }
 
 
@@ -195,12 +480,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.quiet_library_logs()
+  if _WORKER.value:
+    run_worker()  # A failure is a traceback; the parent reports the exit code.
+    return
   results = cli.run_user_errors_as_exit(run)
   print(
     f"jax {results['jax_version']}, {results['num_devices']} × {results['device_kind']}, "
     f"{results['date']}"
   )
-  print(format_table(results["rows"]))
+  print(format_table(results["rows"], STEP_COLUMNS))
+  if results["layers"]:
+    print(format_table(results["layers"], LAYER_COLUMNS))
   cli.run_user_errors_as_exit(lambda: cli.write_json(_OUTPUT.value, results))
   print(f"wrote {_OUTPUT.value}")
 

@@ -29,6 +29,7 @@ RESUMABLE_KEYS = (
   "eval.inception_weights",
   "eval.nearest_k",
   "dataset.data_dir",
+  "conv_impl",  # Same function, only the round-off differs: a run may move between backends.
 )
 
 
@@ -45,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.max_checkpoints_to_keep = 3
   c.async_checkpointing = True
+  # How conv nets compute their convolutions (gen_models/nn/conv.py): "auto" (space_to_depth on
+  # CPU, xla elsewhere), "xla" or "space_to_depth". The same function either way (round-off).
+  c.conv_impl = "auto"
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "8gaussians"

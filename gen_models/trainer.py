@@ -26,8 +26,9 @@ from gen_models import devices as dev
 from gen_models import models
 from gen_models.checkpointing import Checkpointer
 from gen_models.data.images import to_uint8
+from gen_models.divergences import wasserstein1
 from gen_models.errors import UserError
-from gen_models.images import image_grid, scatter
+from gen_models.images import image_grid, toy_plot
 from gen_models.logs import MetricWriter, Progress, format_duration, info
 from gen_models.metrics import evaluate as evaluate_lib
 from gen_models.metrics import extractors
@@ -122,6 +123,8 @@ class _Outputs:
     self.metrics = evaluate_lib.parse_metrics(config.eval.metrics)
     self._extract = extract
     self._real_features = None
+    self._critic = jax.jit(family.critic_values) if family.critic_values else None
+    self._w1_floor = None
 
   def reference(self):
     if self._reference is None and self.family.num_reference:
@@ -129,11 +132,19 @@ class _Outputs:
     return self._reference
 
   def write_samples(self, step: int, state) -> None:
-    if self.dataset.kind == "points":
+    if self.dataset.kind == "points":  # The same points as a family's W1 evaluation at `step`.
       n = self.config.eval.num_samples
       fake = dev.to_host(self._sample(state, self.key, n))
-      real = self.dataset.reference(n)
-      self.writer.image(step, "samples", scatter(real, fake))
+      reference = self.dataset.reference(2 * n)
+      real = reference[:n]
+      if self._w1_floor is None:  # W1 between two real sets: what a perfect generator scores.
+        self._w1_floor = wasserstein1(reference[n:], real)
+      ratio = wasserstein1(fake, real) / self._w1_floor if np.all(np.isfinite(fake)) else np.nan
+      critic = None
+      if self._critic is not None:
+        critic = lambda points: dev.to_host(self._critic(state, points))
+      title = f"step {step}: W1 / noise floor = {ratio:.2f}"
+      self.writer.image(step, "samples", toy_plot(real, fake, title=title, critic=critic))
     else:
       n = self.config.eval.num_image_samples
       value_range = self.dataset.value_range

@@ -192,6 +192,27 @@ def test_unprepared_dsprites_says_both_ways(tmp_path):
     assert fragment in message
 
 
+def test_training_on_unprepared_dsprites_is_one_line(tmp_path):
+  config = tmp_path / "vae_dsprites.py"
+  config.write_text(
+    "from gen_models.models import vae\n"
+    "def get_config():\n"
+    "  c = vae.default_config()\n"
+    "  c.dataset.name = 'dsprites'\n"
+    "  return c\n"
+  )
+  proc = run_cli(
+    "experiments.main",
+    f"--config={config}",
+    f"--workdir={tmp_path / 'run'}",
+    f"--config.dataset.data_dir={tmp_path / 'empty'}",
+  )
+  assert_one_line_error(
+    proc, "'dsprites' is not prepared", "prepare_data dsprites --source=", "dsprites_procedural"
+  )
+  assert not (tmp_path / "run").exists()
+
+
 def _write_npz(path, order=None, colours=1):
   """A small npz in the original layout: the smoke grid, rendered, with a pickled metadata entry
   that must never be loaded."""

@@ -1,4 +1,4 @@
-"""``gen_models.metrics.emd.wasserstein1`` against brute force, scipy and closed forms."""
+"""``gen_models.divergences.wasserstein1`` against brute force, scipy and closed forms."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gen_models.metrics.emd import wasserstein1
+from gen_models.divergences import wasserstein1
 
 
 def _brute_force(x: np.ndarray, y: np.ndarray) -> float:

@@ -7,6 +7,7 @@ naive loss formula in float64, a closed form, a count by hand) to a tight tolera
 from __future__ import annotations
 
 import math
+import re
 
 import flax.linen as nn
 import jax
@@ -462,3 +463,62 @@ def _dcgan_config(gan, dim):
   gan.architecture = "dcgan"
   gan.dcgan_dim = dim
   return gan
+
+
+# ----------------------------------------------------------------------------------------------
+# The fast convolutions (gen_models.nn.conv) inside the DCGAN nets.
+
+
+@jax.jit
+def _penalty_and_grads(params_by_impl, x):
+  out = {}
+  for impl, params in params_by_impl.items():
+    critic = DCGANCritic(dim=4, conv_impl=impl)
+
+    def penalty(p, critic=critic):
+      return gradient_penalty(lambda v: critic.apply(p, v)[..., 0], x)
+
+    out[impl] = jax.value_and_grad(penalty)(params)
+  return out
+
+
+def test_gradient_penalty_is_the_same_with_every_conv_impl():
+  """The penalty and its parameter-gradient (a double backward through every conv)."""
+  x = np.random.default_rng(3).standard_normal((3, 32, 32, 3)).astype(np.float32)
+  params = _random_params(DCGANCritic(dim=4), x.shape[1:])
+  impls = ("xla", "space_to_depth", "subpixel", "auto")
+  results = _penalty_and_grads({impl: params for impl in impls}, x)
+  want_value, want_grads = results["xla"]
+  assert want_value > 1e-3
+  for impl in impls[1:]:
+    value, grads = results[impl]
+    np.testing.assert_allclose(value, want_value, rtol=1e-5, err_msg=impl)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads, want_grads
+    )
+
+
+def _lowered_train_step(conv_impl: str) -> str:
+  from experiments.configs import wgan_gp_cifar10
+  from gen_models import config as config_lib
+  from gen_models import models
+
+  config = wgan_gp_cifar10.get_config("smoke")
+  config.conv_impl = conv_impl
+  family = models.make_family(config_lib.validate(config), (32, 32, 3))
+  state = jax.eval_shape(family.init, jax.random.key(0))
+  batch = jax.ShapeDtypeStruct((config.gan.n_critic, config.batch_size, 32, 32, 3), jnp.float32)
+  return jax.jit(family.train_step).lower(state, batch).as_text()
+
+
+def _input_dilated_convolutions(text: str) -> int:
+  found = re.findall(r"lhs_dilate = \[([^\]]*)\]", text)
+  return sum(1 for d in found if {v.strip() for v in d.split(",")} != {"1"})
+
+
+def test_dcgan_train_step_on_cpu_has_no_input_dilated_convolution():
+  text = _lowered_train_step("auto")  # The default; the tests run on CPU.
+  assert text.count("stablehlo.convolution") > 20
+  assert _input_dilated_convolutions(text) == 0
+  # The check can fail: XLA's own formulation has them (transposed convs, input-gradients).
+  assert _input_dilated_convolutions(_lowered_train_step("xla")) > 0

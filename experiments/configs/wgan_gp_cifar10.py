@@ -20,6 +20,7 @@ def get_config(arg: str | None = None, dataset: str = "cifar10"):
   c.gan.architecture = "dcgan"
   c.gan.latent_dim = 128
   c.gan.dcgan_dim = 64
+  c.gan.unroll_critic = True  # Rolled, the step is far slower on CPU (docs/BENCHMARKS.md).
   c.optimizer.learning_rate = 1e-4
   c.optimizer.b1 = 0.0
   c.optimizer.b2 = 0.9

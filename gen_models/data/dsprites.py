@@ -32,8 +32,9 @@ How close the rendering is to the original
 -------------------------------------------
 The file's author (dsprites-dataset issue #2, #3) drew the shapes as vectors in Love2D on a canvas
 of size 1 × 1 (square: ``love.graphics.rectangle``, ellipse: ``love.graphics.ellipse``, heart: a
-custom vertex mesh), rotated about the sprite's centre, and rasterised them at 64 × 64 without
-antialiasing; the jagged edges of rotated shapes are such rasterisation artefacts. The procedural
+custom vertex mesh), placed, scaled and rotated by Love2D's draw transform, and rasterised them at
+64 × 64 without antialiasing; the jagged edges of rotated shapes are such rasterisation
+artefacts. The procedural
 renderer does the same in kind: one binary sample at each pixel centre (the OpenGL rule for filled
 polygons) of an exactly defined shape. It is *the same grid of factors with the same meaning, not
 the same pixels*; where it differs:

@@ -15,9 +15,9 @@ Inputs:
 * ``seed``: an int or a ``numpy.random.Generator``.
 
 Codes are handled in float64; factors are integer classes. The classifiers are scikit-learn's with
-every parameter that matters set explicitly: the values are those of the scikit-learn releases
-disentanglement_lib was run with (0.20–0.21), whose defaults have changed since (logistic
-regression: liblinear one-vs-rest then, lbfgs multinomial now).
+every parameter that matters set explicitly: the values are the defaults of scikit-learn before
+0.22 (disentanglement_lib's time, 2018–2019, where its code relies on defaults), which have changed
+since (logistic regression: liblinear one-vs-rest then, lbfgs multinomial now).
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def mig_score(
 
 
 def _logistic_regression(seed: int):
-  """disentanglement_lib's ``LogisticRegression(random_state=...)`` under scikit-learn 0.20:
+  """disentanglement_lib's ``LogisticRegression(random_state=...)`` under scikit-learn < 0.22:
   liblinear, one-vs-rest, L2 penalty with C = 1, tol 1e-4, 100 iterations, intercept."""
   from sklearn.linear_model import LogisticRegression
   from sklearn.multiclass import OneVsRestClassifier
@@ -472,7 +472,7 @@ def dci_score(
 
 def _linear_svm(seed: int):
   """disentanglement_lib's ``LinearSVC(C=0.01, class_weight="balanced")`` with the scikit-learn
-  0.20 defaults written out: squared hinge, L2, dual coordinate descent, one-vs-rest, tol 1e-4,
+  < 0.22 defaults written out: squared hinge, L2, dual coordinate descent, one-vs-rest, tol 1e-4,
   1000 iterations, intercept."""
   from sklearn.svm import LinearSVC
 

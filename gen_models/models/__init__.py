@@ -42,6 +42,8 @@ class Family:
     image_grids: ``(state, examples (n, *example_shape)) -> {name: (rows, cols, *example_shape)}``
       extra pictures in data space made from real examples (a VAE's reconstructions and latent
       traversals), written beside the sample grid for image data; None: none.
+    critic_values: optional ``(state, points (N, *example_shape)) -> (N,)``, the family's
+      critic/discriminator output at ``points``; the 2-D sample plot draws it as contours.
   """
 
   init: Callable[[jax.Array], TrainState]
@@ -52,6 +54,7 @@ class Family:
   num_reference: int = 0
   encode: Callable[[TrainState, jax.Array], jax.Array] | None = None
   image_grids: Callable[[TrainState, jax.Array], dict[str, jax.Array]] | None = None
+  critic_values: Callable[[TrainState, jax.Array], jax.Array] | None = None
 
 
 def module(name: str) -> Any:

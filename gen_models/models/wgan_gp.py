@@ -42,9 +42,10 @@ import optax
 
 from gen_models import devices
 from gen_models.config import base_config
+from gen_models.divergences import wasserstein1
 from gen_models.errors import UserError
-from gen_models.metrics.emd import wasserstein1
 from gen_models.models import Family
+from gen_models.nn import Conv, ConvTranspose, check_impl
 from gen_models.train_state import TrainState, apply_gradients
 
 LOSSES = ("wgan_gp", "minimax", "non_saturating")
@@ -65,8 +66,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.gan.mlp_depth = 3  # Hidden layers of each MLP.
   c.gan.dcgan_dim = 64  # Channels of the first critic conv; the nets scale it by 1, 2, 4.
   # Unroll the n_critic loop (lax.scan unroll=n_critic): same numbers, longer compile. XLA:CPU
-  # runs convolutions inside a loop body ~3.7× slower (measured; jax-ml/jax#12868).
-  c.gan.unroll_critic = False
+  # runs convolutions inside a loop body far more slowly (jax-ml/jax#12868): the cifar10 step
+  # took 12× longer as a rolled scan (experiments/bench_train.py, docs/BENCHMARKS.md).
+  c.gan.unroll_critic = True
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 1e-4
   c.optimizer.b1 = 0.0
@@ -107,17 +109,19 @@ class DCGANGenerator(nn.Module):
 
   dim: int
   channels: int
+  conv_impl: str = "auto"  # gen_models.nn.conv: how the convs are computed (same function).
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = True) -> jax.Array:
     bn = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9)
+    up = functools.partial(
+      ConvTranspose, kernel_size=(5, 5), strides=(2, 2), padding="SAME", impl=self.conv_impl
+    )
     x = nn.Dense(4 * 4 * 4 * self.dim)(z)
     x = nn.relu(bn()(x)).reshape(z.shape[0], 4, 4, 4 * self.dim)
     for features in (2 * self.dim, self.dim):
-      x = nn.ConvTranspose(features, (5, 5), strides=(2, 2), padding="SAME")(x)
-      x = nn.relu(bn()(x))
-    x = nn.ConvTranspose(self.channels, (5, 5), strides=(2, 2), padding="SAME")(x)
-    return jnp.tanh(x)
+      x = nn.relu(bn()(up(features)(x)))
+    return jnp.tanh(up(self.channels)(x))
 
 
 class DCGANCritic(nn.Module):
@@ -128,19 +132,21 @@ class DCGANCritic(nn.Module):
   """
 
   dim: int
+  conv_impl: str = "auto"  # gen_models.nn.conv: how the convs are computed (same function).
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
     del train
     for features in (self.dim, 2 * self.dim, 4 * self.dim):
-      x = nn.leaky_relu(nn.Conv(features, (5, 5), strides=(2, 2), padding="SAME")(x), 0.2)
+      conv = Conv(features, (5, 5), strides=(2, 2), padding="SAME", impl=self.conv_impl)
+      x = nn.leaky_relu(conv(x), 0.2)
     return nn.Dense(1)(x.reshape(x.shape[0], -1))
 
 
 def make_networks(
-  gan: ml_collections.ConfigDict, shape: Sequence[int]
+  gan: ml_collections.ConfigDict, shape: Sequence[int], conv_impl: str = "auto"
 ) -> tuple[nn.Module, nn.Module]:
-  """``(generator, critic)`` for examples of ``shape``."""
+  """``(generator, critic)`` for examples of ``shape``; ``conv_impl`` as ``gen_models.nn.conv``."""
   if gan.architecture == "mlp":
     if len(shape) != 1:
       raise UserError(f"gan.architecture='mlp' needs vector data, got examples of shape {shape}")
@@ -151,7 +157,10 @@ def make_networks(
   if gan.architecture == "dcgan":
     if tuple(shape[:2]) != (32, 32) or len(shape) != 3:
       raise UserError(f"gan.architecture='dcgan' needs 32×32×C images, got examples {shape}")
-    return DCGANGenerator(gan.dcgan_dim, shape[2]), DCGANCritic(gan.dcgan_dim)
+    return (
+      DCGANGenerator(gan.dcgan_dim, shape[2], conv_impl),
+      DCGANCritic(gan.dcgan_dim, conv_impl),
+    )
   raise UserError(f"unknown gan.architecture {gan.architecture!r}; known: {ARCHITECTURES}")
 
 
@@ -302,6 +311,12 @@ def sample(
   return out
 
 
+def critic_values(state: TrainState, points: jax.Array, *, critic: nn.Module) -> jax.Array:
+  """``D(x)`` at ``points (N, *example_shape)`` → ``(N,)``: the WGAN critic's value, or the
+  discriminator's logit for the standard GAN losses."""
+  return critic.apply({"params": state.params["critic"]}, points)[..., 0]
+
+
 def init(
   rng: jax.Array,
   *,
@@ -355,7 +370,7 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
     raise UserError(f"unknown gan.loss {gan.loss!r}; known: {', '.join(LOSSES)}")
   if gan.n_critic < 1:
     raise UserError(f"gan.n_critic must be >= 1, got {gan.n_critic}")
-  generator, critic = make_networks(gan, example_shape)
+  generator, critic = make_networks(gan, example_shape, check_impl(config.conv_impl))
   critic_lr = (
     opt.critic_learning_rate if opt.critic_learning_rate is not None else opt.learning_rate
   )
@@ -388,4 +403,5 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
     evaluate=functools.partial(evaluate, sample_fn=jitted_sample, num_samples=num_eval),
     batches_per_step=gan.n_critic,
     num_reference=2 * num_eval,
+    critic_values=functools.partial(critic_values, critic=critic),
   )

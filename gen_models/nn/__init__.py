@@ -1,5 +1,9 @@
-"""Layers shared by several model families (the fast convolutions, ...)."""
+"""Layers shared by several model families.
 
-from gen_models.nn.conv import Conv, ConvTranspose
+``conv``: 2-D ``Conv`` / ``ConvTranspose`` with flax's parameters, computed without input-dilated
+convolutions on CPU (space-to-depth / depth-to-space); ``conv_impl`` config key.
+"""
 
-__all__ = ["Conv", "ConvTranspose"]
+from gen_models.nn.conv import IMPLS, Conv, ConvTranspose, check_impl, resolve_impl
+
+__all__ = ["IMPLS", "Conv", "ConvTranspose", "check_impl", "resolve_impl"]

@@ -1,12 +1,390 @@
-"""Convolutions with the parameters of ``flax.linen.Conv`` / ``ConvTranspose`` (work in progress).
+r"""2-D convolutions with the parameters of ``flax.linen.Conv`` / ``ConvTranspose``, fast on CPU.
 
-Drop-in replacements: same constructor arguments, same parameter names and shapes
-(``kernel (kh, kw, C_in, C_out)``, ``bias (C_out,)``), same auto-names (``Conv_0``, ...).
+:class:`Conv` and :class:`ConvTranspose` take the same arguments as flax's modules, create the
+same parameters (``kernel (kh, kw, C_in, C_out)``, ``bias (C_out,)``, same initialisers, same
+auto-names ``Conv_0``, ``ConvTranspose_0``) and compute the same function. Only *how* they
+compute it differs, chosen by ``impl`` (config key ``conv_impl``):
+
+``"xla"``
+    ``lax.conv_general_dilated`` / ``lax.conv_transpose``, as flax does. A transposed conv is a
+    convolution of the input dilated by the stride (``lhs_dilation``), and so is the
+    input-gradient of every strided conv. XLA:CPU runs those up to 30× slower than PyTorch
+    (measured: ``python -m experiments.bench_train --layers``), so on CPU every backward pass
+    of a strided conv net, and every transposed conv, is slow.
+
+``"space_to_depth"``
+    Only stride-1 convolutions, in the forward pass and in every derivative:
+
+    * strided conv, stride s, kernel k: with ``t = s·q + r``,
+      ``y[i] = Σ_t x_pad[s·i + t] w[t] = Σ_q Σ_r X[i + q, r] · w[s·q + r]``, where
+      ``X[j, r] = x_pad[s·j + r]`` is the space-to-depth rearrangement of the padded input
+      (``s²·C`` channels) — a stride-1 ``⌈k/s⌉``-tap convolution of ``X`` with the kernel
+      zero-padded to a multiple of s and rearranged the same way;
+    * transposed conv (flax/lax semantics: the input dilated by s, padded by ``(a, b)``,
+      correlated with ``w``): output phase ``φ`` of ``n = s·m + φ`` is
+      ``y[s·m + φ] = Σ_u x[m + u] · w[s·u + a − φ]`` — one stride-1 convolution of ``x`` whose
+      kernel holds all ``s²`` phase kernels as ``s²·C_out`` output channels, then depth-to-space
+      (the "sub-pixel convolution" of Shi et al. 2016).
+
+    A stride-1 convolution's input- and weight-gradients are stride-1 convolutions again.
+
+``"subpixel"``
+    Strided convs run forward as they are (XLA:CPU is as fast as PyTorch there), and every
+    convolution with input dilation is replaced by its sub-pixel form: the transposed conv
+    above, and, through a ``jax.custom_vjp``, the input-gradient of a strided conv (a transposed
+    conv with the flipped kernel) — whose own input-gradient is a strided conv again, so the
+    double backward of a gradient penalty stays free of input dilation too. Weight gradients
+    are XLA's (kernel-dilated, not input-dilated).
+
+``"auto"`` (default)
+    ``"subpixel"`` on CPU (the fastest there, measured per layer and per train step:
+    README "Speed"), ``"xla"`` elsewhere: cuDNN and the TPU compiler have fast strided and
+    transposed kernels, and no GPU measurement has been recorded in this repository yet.
+
+All three agree to float32 round-off (tests/test_nn_conv.py checks values, first and second
+derivatives against ``lax`` for every kernel size, stride and padding the nets use). Only 2-D
+inputs ``(B, H, W, C)`` are supported, without kernel dilation or feature groups: flax's other
+arguments do not exist here (a ``TypeError``), and a bad shape or padding is a ``ValueError``.
 """
 
 from __future__ import annotations
 
-import flax.linen as nn
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
 
-Conv = nn.Conv
-ConvTranspose = nn.ConvTranspose
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from gen_models.errors import UserError
+
+IMPLS = ("auto", "xla", "space_to_depth", "subpixel")
+_DN = ("NHWC", "HWIO", "NHWC")
+
+PaddingLike = str | int | Sequence[int | tuple[int, int]]
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+
+def check_impl(impl: str) -> str:
+  """``impl`` if it names an implementation (the config key ``conv_impl``), else a UserError."""
+  if impl not in IMPLS:
+    raise UserError(f"unknown conv_impl {impl!r}; known: {', '.join(IMPLS)}")
+  return impl
+
+
+def resolve_impl(impl: str, backend: str | None = None) -> str:
+  """``"xla"`` or ``"space_to_depth"`` for ``impl`` on ``backend`` (default: JAX's default)."""
+  if impl not in IMPLS:
+    raise ValueError(f"unknown conv implementation {impl!r}; known: {', '.join(IMPLS)}")
+  if impl != "auto":
+    return impl
+  return "subpixel" if (backend or jax.default_backend()) == "cpu" else "xla"
+
+
+def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
+  t = (v, v) if isinstance(v, int) else tuple(v)
+  if len(t) != 2 or not all(isinstance(i, (int, np.integer)) and i >= 1 for i in t):
+    raise ValueError(f"{name} must be a positive int or a pair of them, got {v!r}")
+  return int(t[0]), int(t[1])
+
+
+def _explicit(padding: PaddingLike) -> Pads | str:
+  """``"SAME"``/``"VALID"`` unchanged, an int or per-dim ints/pairs as ``((lo, hi), (lo, hi))``."""
+  if isinstance(padding, str):
+    if padding.upper() not in ("SAME", "VALID"):
+      raise ValueError(f"padding {padding!r} is not supported; use SAME, VALID or integers")
+    return padding.upper()
+  if isinstance(padding, int):
+    return ((padding, padding), (padding, padding))
+  pads = []
+  for p in padding:
+    if isinstance(p, int):
+      pads.append((p, p))
+    elif len(p) == 2:
+      pads.append((int(p[0]), int(p[1])))
+    else:
+      raise ValueError(f"invalid padding {padding!r}")
+  if len(pads) != 2:
+    raise ValueError(f"padding must give 2 spatial dimensions, got {padding!r}")
+  return tuple(pads)
+
+
+def _check_inputs(x: jax.Array, kernel: jax.Array) -> None:
+  if x.ndim != 4 or kernel.ndim != 4 or x.shape[-1] != kernel.shape[2]:
+    raise ValueError(
+      f"expected x (B, H, W, C) and kernel (kh, kw, C, O), got {x.shape} and {kernel.shape}"
+    )
+
+
+def conv_pads(
+  spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int], padding: PaddingLike
+) -> Pads:
+  """The explicit ``(lo, hi)`` pads of a strided conv, as ``lax.conv_general_dilated`` uses."""
+  pads = _explicit(padding)
+  if isinstance(pads, str):
+    return tuple(lax.padtype_to_pads(tuple(spatial), tuple(kernel), tuple(strides), pads))
+  return pads
+
+
+def conv_transpose_pads(
+  kernel: Sequence[int], strides: Sequence[int], padding: PaddingLike
+) -> Pads:
+  """The ``(lo, hi)`` pads of the dilated input in ``lax.conv_transpose`` (flax's semantics).
+
+  For ``"SAME"``/``"VALID"`` the transposed conv undoes the shape of the forward conv of that
+  padding: ``SAME`` pads ``k + s − 2`` in all, ``k − 1`` (if ``s > k − 1``) or half of it
+  rounded up before; ``VALID`` pads ``k + s − 2 + max(k − s, 0)``, ``k − 1`` before. Integer
+  pads are used as they are.
+  """
+  pads = _explicit(padding)
+  if not isinstance(pads, str):
+    return pads
+  out = []
+  for k, s in zip(kernel, strides, strict=True):
+    if pads == "SAME":
+      total = k + s - 2
+      lo = k - 1 if s > k - 1 else math.ceil(total / 2)
+    else:
+      total = k + s - 2 + max(k - s, 0)
+      lo = k - 1
+    out.append((lo, total - lo))
+  return tuple(out)
+
+
+def conv2d(
+  x: jax.Array,
+  kernel: jax.Array,
+  strides: Sequence[int] = (1, 1),
+  padding: PaddingLike = "SAME",
+  impl: str = "auto",
+) -> jax.Array:
+  """``lax.conv_general_dilated(x, kernel, strides, padding)`` in NHWC/HWIO, no bias.
+
+  Args:
+    x: ``(B, H, W, C)``. kernel: ``(kh, kw, C, O)``.
+    strides: ``(sh, sw)``. padding: ``"SAME"``, ``"VALID"``, an int or per-dim ints/pairs.
+    impl: see the module docstring.
+
+  Returns:
+    ``(B, H', W', O)`` with ``H' = ⌊(H + lo + hi − kh) / sh⌋ + 1`` (likewise ``W'``).
+  """
+  _check_inputs(x, kernel)
+  strides = _pair(strides, "strides")
+  kh, kw, c, o = kernel.shape
+  pads = conv_pads(x.shape[1:3], (kh, kw), strides, padding)
+  impl = resolve_impl(impl)
+  if impl == "xla" or strides == (1, 1):
+    return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN)
+  if impl == "subpixel":
+    return _strided_conv(x, kernel, strides, pads)
+  return _conv_space_to_depth(x, kernel, strides, pads)
+
+
+def _conv_space_to_depth(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
+  """The strided conv as space-to-depth + a stride-1 conv (module docstring)."""
+  kh, kw, c, o = kernel.shape
+  b = x.shape[0]
+  (sh, sw), taps, sizes, cut = strides, [], [], []
+  for length, k, s, (lo, hi) in zip(x.shape[1:3], (kh, kw), strides, pads, strict=True):
+    out = (length + lo + hi - k) // s + 1
+    if out < 1:
+      raise ValueError(f"conv output would be empty: input {x.shape}, kernel {kernel.shape}")
+    q = -(-k // s)  # Taps of the stride-1 conv over the rearranged input.
+    taps.append(q)
+    sizes.append(out + q - 1)  # Rows of the rearranged input the output needs.
+    cut.append((lo, s * (out + q - 1) - length - lo))  # Pad (or crop) to exactly s·that.
+  x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*cut[0], 0), (*cut[1], 0), (0, 0, 0)))
+  (hq, wq), (qh, qw) = sizes, taps
+  x = x.reshape(b, hq, sh, wq, sw, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hq, wq, sh * sw * c)
+  w = jnp.pad(kernel, ((0, qh * sh - kh), (0, qw * sw - kw), (0, 0), (0, 0)))
+  w = w.reshape(qh, sh, qw, sw, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(qh, qw, sh * sw * c, o)
+  return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=_DN)
+
+
+def _phase_taps(k: int, s: int, lo: int) -> tuple[int, np.ndarray]:
+  """``(u_lo, index)`` with ``index[v, φ] = s·(v + u_lo) + lo − φ`` (``k`` where out of range).
+
+  Output phase ``φ`` of a transposed conv reads input ``m + u`` with kernel tap
+  ``s·u + lo − φ``; ``u`` runs over ``u_lo .. u_hi`` for all phases together.
+  """
+  u_lo = -(lo // s)  # = ⌈−lo / s⌉, the smallest u with a tap in range (at φ = 0).
+  u_hi = (k - 1 + s - 1 - lo) // s  # The largest (at φ = s − 1).
+  v = np.arange(u_hi - u_lo + 1)[:, None]
+  phi = np.arange(s)[None, :]
+  index = s * (v + u_lo) + lo - phi
+  return u_lo, np.where((index >= 0) & (index < k), index, k)
+
+
+def conv_transpose2d(
+  x: jax.Array,
+  kernel: jax.Array,
+  strides: Sequence[int] = (1, 1),
+  padding: PaddingLike = "SAME",
+  impl: str = "auto",
+) -> jax.Array:
+  """``lax.conv_transpose(x, kernel, strides, padding)`` (``transpose_kernel=False``), no bias.
+
+  Args:
+    x: ``(B, H, W, C)``. kernel: ``(kh, kw, C, O)``.
+    strides: ``(sh, sw)``. padding: ``"SAME"``, ``"VALID"`` (those of the forward conv being
+      transposed) or explicit pads of the dilated input, as flax's ``ConvTranspose``.
+    impl: see the module docstring.
+
+  Returns:
+    ``(B, H', W', O)`` with ``H' = sh·(H − 1) + 1 + lo + hi − kh + 1`` (``SAME``: ``sh·H``).
+  """
+  _check_inputs(x, kernel)
+  strides = _pair(strides, "strides")
+  kh, kw, c, o = kernel.shape
+  pads = conv_transpose_pads((kh, kw), strides, padding)
+  impl = resolve_impl(impl)
+  if impl == "xla" or strides == (1, 1):
+    return lax.conv_transpose(x, kernel, strides, pads, dimension_numbers=_DN)
+  if impl == "subpixel":
+    return _dilated_conv(x, kernel, strides, pads)
+  return _conv_transpose_depth_to_space(x, kernel, strides, pads)
+
+
+def _conv_transpose_depth_to_space(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
+  """The transposed conv as a stride-1 conv + depth-to-space (module docstring)."""
+  kh, kw, c, o = kernel.shape
+  b = x.shape[0]
+  (sh, sw), out_sizes, blocks, cut, indices = strides, [], [], [], []
+  for length, k, s, (lo, hi) in zip(x.shape[1:3], (kh, kw), strides, pads, strict=True):
+    out = s * (length - 1) + 1 + lo + hi - k + 1
+    if out < 1:
+      raise ValueError(f"conv_transpose output would be empty: {x.shape}, {kernel.shape}")
+    u_lo, index = _phase_taps(k, s, lo)
+    m = -(-out // s)  # Output rows per phase.
+    out_sizes.append(out)
+    blocks.append(m)
+    indices.append(index)
+    cut.append((-u_lo, m + index.shape[0] - 1 - length + u_lo))
+  x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*cut[0], 0), (*cut[1], 0), (0, 0, 0)))
+  # Phase kernels: w[index_h[vh, φh], index_w[vw, φw]], zero where the index is k (out of range).
+  w = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
+  ih, iw = indices
+  w = w[ih[:, :, None, None], iw[None, None, :, :]]  # (qh, sh, qw, sw, C, O)
+  qh, qw = ih.shape[0], iw.shape[0]
+  w = w.transpose(0, 2, 4, 1, 3, 5).reshape(qh, qw, c, sh * sw * o)
+  z = lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=_DN)
+  mh, mw = blocks
+  y = z.reshape(b, mh, mw, sh, sw, o).transpose(0, 1, 3, 2, 4, 5).reshape(b, mh * sh, mw * sw, o)
+  return y[:, : out_sizes[0], : out_sizes[1]]
+
+
+def _flip(kernel: jax.Array) -> jax.Array:
+  """``(kh, kw, C, O)`` → ``(kh, kw, O, C)``, spatially reversed: the kernel of the transpose."""
+  return jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _strided_conv(x: jax.Array, kernel: jax.Array, strides: tuple, pads: tuple) -> jax.Array:
+  """XLA's strided conv, whose input-gradient is computed without input dilation."""
+  return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN)
+
+
+def _strided_conv_fwd(x, kernel, strides, pads):
+  return _strided_conv(x, kernel, strides, pads), (x, kernel)
+
+
+def _strided_conv_bwd(strides, pads, residuals, dy):
+  """``dx[n] = Σ_i Σ_t [s·i + t − lo = n] dy[i] w[t]``: ``dy`` dilated by s, padded by
+  ``(k − 1 − lo, ·)`` and correlated with the flipped kernel — a transposed conv."""
+  x, kernel = residuals
+  dx_pads = tuple(
+    (k - 1 - lo, length + k - 2 - s * (out - 1) - (k - 1 - lo))
+    for k, (lo, _), length, out, s in zip(
+      kernel.shape[:2], pads, x.shape[1:3], dy.shape[1:3], strides, strict=True
+    )
+  )
+  dx = _dilated_conv(dy, _flip(kernel), strides, dx_pads)
+  _, kernel_vjp = jax.vjp(
+    lambda k: lax.conv_general_dilated(x, k, strides, pads, dimension_numbers=_DN), kernel
+  )
+  return dx, kernel_vjp(dy)[0]
+
+
+_strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _dilated_conv(x: jax.Array, kernel: jax.Array, strides: tuple, pads: tuple) -> jax.Array:
+  """``lax.conv_transpose(x, kernel, strides, pads)`` in its sub-pixel form."""
+  return _conv_transpose_depth_to_space(x, kernel, strides, pads)
+
+
+def _dilated_conv_fwd(x, kernel, strides, pads):
+  return _dilated_conv(x, kernel, strides, pads), (x, kernel)
+
+
+def _dilated_conv_bwd(strides, pads, residuals, dz):
+  """``dx[j] = Σ_t dz[s·j + a − t] w[t]``: a strided conv of ``dz`` padded by ``k − 1 − a``
+  before, with the flipped kernel."""
+  x, kernel = residuals
+  dx_pads = tuple(
+    (k - 1 - a, s * (length - 1) + k - out - (k - 1 - a))
+    for k, (a, _), length, out, s in zip(
+      kernel.shape[:2], pads, x.shape[1:3], dz.shape[1:3], strides, strict=True
+    )
+  )
+  dx = _strided_conv(dz, _flip(kernel), strides, dx_pads)
+  _, kernel_vjp = jax.vjp(lambda k: _conv_transpose_depth_to_space(x, k, strides, pads), kernel)
+  return dx, kernel_vjp(dz)[0]
+
+
+_dilated_conv.defvjp(_dilated_conv_fwd, _dilated_conv_bwd)
+
+
+class _ConvBase(nn.Module):
+  """The attributes of flax's ``Conv``/``ConvTranspose`` that the nets use, plus ``impl``."""
+
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] = 1
+  padding: PaddingLike = "SAME"
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+  impl: str = "auto"
+
+  def _params(self, x: jax.Array):
+    kh, kw = _pair(self.kernel_size, "kernel_size")
+    if x.ndim != 4:
+      raise ValueError(f"{type(self).__name__} takes (B, H, W, C) inputs, got {x.shape}")
+    kernel = self.param(
+      "kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), self.param_dtype
+    )
+    bias = (
+      self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+      if self.use_bias
+      else None
+    )
+    return nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+
+  def _finish(self, y: jax.Array, bias: jax.Array | None) -> jax.Array:
+    return y if bias is None else y + bias
+
+
+class Conv(_ConvBase):
+  """``flax.linen.Conv`` for ``(B, H, W, C)`` inputs: ``(B, H', W', features)``."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x, kernel, bias = self._params(x)
+    return self._finish(conv2d(x, kernel, self.strides, self.padding, self.impl), bias)
+
+
+class ConvTranspose(_ConvBase):
+  """``flax.linen.ConvTranspose`` for ``(B, H, W, C)`` inputs: ``(B, H', W', features)``."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x, kernel, bias = self._params(x)
+    return self._finish(conv_transpose2d(x, kernel, self.strides, self.padding, self.impl), bias)

@@ -1,0 +1,1 @@
+"""Command lines of the GAN-theory experiments (``python -m experiments.theory.<name>``)."""

@@ -1,0 +1,185 @@
+r"""PyTorch eager peers of the train steps (WGAN-GP, β-VAE), for ``experiments/bench_train.py``.
+
+What a user would otherwise run: the same nets (same layer shapes, activations, normalisation
+and parameter counts as ``gen_models``) and the same step, written the usual PyTorch way, in
+eager mode. ``torch.compile`` cannot be the WGAN-GP peer: its aot_autograd rejects the double
+backward of the gradient penalty ("does not currently support double backward").
+
+Layouts are PyTorch's (NCHW). The DCGAN convs use ``padding=2`` (and ``output_padding=1`` for
+the transposed ones), which give the same output sizes as our ``SAME`` padding; XLA's ``SAME``
+pads the stride-2 5×5 convs (1, 2) instead of (2, 2) — the same work, shifted by a pixel.
+
+Needs ``pip install '.[bench]'`` (``torch==2.13.0``, the CPU build).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _mlp(d_in: int, width: int, depth: int, d_out: int) -> nn.Sequential:
+  layers, d = [], d_in
+  for _ in range(depth):
+    layers += [nn.Linear(d, width), nn.ReLU()]
+    d = width
+  return nn.Sequential(*layers, nn.Linear(d, d_out))
+
+
+class DCGANGenerator(nn.Module):
+  """``gen_models.models.wgan_gp.DCGANGenerator``: z → 4×4×4d → 8×8×2d → 16×16×d → 32×32×C."""
+
+  def __init__(self, latent: int, dim: int, channels: int):
+    super().__init__()
+    self.dim = dim
+    self.fc = nn.Linear(latent, 4 * 4 * 4 * dim)
+    self.bn0 = nn.BatchNorm1d(4 * 4 * 4 * dim, momentum=0.1)
+
+    def up(c_in, c_out):
+      return nn.ConvTranspose2d(c_in, c_out, 5, stride=2, padding=2, output_padding=1)
+
+    self.up1, self.bn1 = up(4 * dim, 2 * dim), nn.BatchNorm2d(2 * dim, momentum=0.1)
+    self.up2, self.bn2 = up(2 * dim, dim), nn.BatchNorm2d(dim, momentum=0.1)
+    self.up3 = up(dim, channels)
+
+  def forward(self, z: torch.Tensor) -> torch.Tensor:
+    x = torch.relu(self.bn0(self.fc(z))).view(-1, 4 * self.dim, 4, 4)
+    x = torch.relu(self.bn1(self.up1(x)))
+    x = torch.relu(self.bn2(self.up2(x)))
+    return torch.tanh(self.up3(x))
+
+
+class DCGANCritic(nn.Module):
+  """``gen_models.models.wgan_gp.DCGANCritic``: three 5×5 stride-2 convs, LeakyReLU(0.2), dense."""
+
+  def __init__(self, dim: int, channels: int):
+    super().__init__()
+    self.convs = nn.ModuleList(
+      nn.Conv2d(c_in, c_out, 5, stride=2, padding=2)
+      for c_in, c_out in ((channels, dim), (dim, 2 * dim), (2 * dim, 4 * dim))
+    )
+    self.fc = nn.Linear(4 * 4 * 4 * dim, 1)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    for conv in self.convs:
+      x = nn.functional.leaky_relu(conv(x), 0.2)
+    return self.fc(x.flatten(1))
+
+
+class WGANGP:
+  """One WGAN-GP train step as ``gen_models.models.wgan_gp.train_step``: ``n_critic`` critic
+  updates ``L_D = E D(x̃) − E D(x) + λ E(‖∇D(x̂)‖ − 1)²`` (one real batch each), then one
+  generator update ``L_G = −E D(G(z))``; Adam for both."""
+
+  def __init__(self, config, example_shape: tuple[int, ...], seed: int = 0):
+    torch.manual_seed(seed)
+    gan, opt = config.gan, config.optimizer
+    self.latent, self.gp_weight = gan.latent_dim, gan.gp_weight
+    if gan.architecture == "mlp":
+      d = example_shape[0]
+      self.gen = _mlp(gan.latent_dim, gan.mlp_width, gan.mlp_depth, d)
+      self.critic = _mlp(d, gan.mlp_width, gan.mlp_depth, 1)
+    else:
+      self.gen = DCGANGenerator(gan.latent_dim, gan.dcgan_dim, example_shape[-1])
+      self.critic = DCGANCritic(gan.dcgan_dim, example_shape[-1])
+    betas = (opt.b1, opt.b2)
+    self.g_opt = torch.optim.Adam(self.gen.parameters(), lr=opt.learning_rate, betas=betas)
+    self.c_opt = torch.optim.Adam(self.critic.parameters(), lr=opt.learning_rate, betas=betas)
+
+  def num_params(self) -> tuple[int, int]:
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    return count(self.gen), count(self.critic)
+
+  def step(self, batch: torch.Tensor) -> dict[str, float]:
+    """``batch``: real data ``(n_critic, B, *example_shape)`` in PyTorch's layout."""
+    n_critic, b = batch.shape[:2]
+    for real in batch:
+      with torch.no_grad():
+        fake = self.gen(torch.randn(b, self.latent))
+      eps = torch.rand(b, *([1] * (real.dim() - 1)))
+      x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+      (grads,) = torch.autograd.grad(self.critic(x_hat).sum(), x_hat, create_graph=True)
+      norms = torch.sqrt(grads.flatten(1).square().sum(1) + 1e-12)
+      gp = (norms - 1).square().mean()
+      loss = self.critic(fake).mean() - self.critic(real).mean() + self.gp_weight * gp
+      self.c_opt.zero_grad(set_to_none=True)
+      loss.backward()
+      self.c_opt.step()
+    g_loss = -self.critic(self.gen(torch.randn(b, self.latent))).mean()
+    self.g_opt.zero_grad(set_to_none=True)
+    g_loss.backward()
+    self.g_opt.step()
+    return {"critic_loss": loss.item(), "generator_loss": g_loss.item()}
+
+
+class VAEEncoder(nn.Module):
+  """``gen_models.models.vae.ConvEncoder`` ("conv"): 32 k4, 32 k4, 64 k2, 64 k2 (stride 2,
+  ReLU) → dense 256 → means and log-variances."""
+
+  def __init__(self, channels: int, size: int, latent: int):
+    super().__init__()
+    specs = ((channels, 32, 4), (32, 32, 4), (32, 64, 2), (64, 64, 2))
+    # padding 1 for k4 and 0 for k2 give XLA's SAME sizes (H/2) for even H.
+    self.convs = nn.ModuleList(nn.Conv2d(i, o, k, 2, (k - 2) // 2) for i, o, k in specs)
+    self.fc = nn.Linear(64 * (size // 16) ** 2, 256)
+    self.means, self.log_var = nn.Linear(256, latent), nn.Linear(256, latent)
+
+  def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    for conv in self.convs:
+      x = torch.relu(conv(x))
+    h = torch.relu(self.fc(x.flatten(1)))
+    return self.means(h), self.log_var(h)
+
+
+class VAEDecoder(nn.Module):
+  """``gen_models.models.vae.ConvDecoder`` ("conv"): dense 256 → 1024 → 4×4×64 → transposed
+  convs 64, 32, 32, C (k4 s2, ReLU between) → logits."""
+
+  def __init__(self, channels: int, size: int, latent: int):
+    super().__init__()
+    self.start = size // 16
+    self.fc1, self.fc2 = nn.Linear(latent, 256), nn.Linear(256, 64 * self.start**2)
+    specs = ((64, 64), (64, 32), (32, 32), (32, channels))
+    self.ups = nn.ModuleList(nn.ConvTranspose2d(i, o, 4, 2, 1) for i, o in specs)
+
+  def forward(self, z: torch.Tensor) -> torch.Tensor:
+    h = torch.relu(self.fc2(torch.relu(self.fc1(z))))
+    x = h.view(-1, 64, self.start, self.start)
+    for i, up in enumerate(self.ups):
+      x = up(x)
+      x = torch.relu(x) if i < len(self.ups) - 1 else x
+    return x
+
+
+class BetaVAE:
+  """One β-VAE train step as ``gen_models.models.vae.train_step`` ("conv" nets, Bernoulli
+  likelihood, ``L = R + β·KL``): one Adam update of encoder and decoder."""
+
+  def __init__(self, config, example_shape: tuple[int, ...], seed: int = 0):
+    torch.manual_seed(seed)
+    vae, opt = config.vae, config.optimizer
+    size, channels = example_shape[0], example_shape[2]
+    self.beta = vae.beta
+    self.encoder = VAEEncoder(channels, size, vae.latent_dim)
+    self.decoder = VAEDecoder(channels, size, vae.latent_dim)
+    params = [*self.encoder.parameters(), *self.decoder.parameters()]
+    self.opt = torch.optim.Adam(params, lr=opt.learning_rate, betas=(opt.b1, opt.b2), eps=opt.eps)
+
+  def num_params(self) -> tuple[int, int]:
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    return count(self.encoder), count(self.decoder)
+
+  def step(self, batch: torch.Tensor) -> dict[str, float]:
+    """``batch``: ``(1, B, C, H, W)`` in [0, 1]."""
+    (x,) = batch
+    mu, log_var = self.encoder(x)
+    z = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
+    logits = self.decoder(z)
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    reconstruction = bce.flatten(1).sum(1).mean()
+    kl = (0.5 * (log_var.exp() + mu.square() - 1.0 - log_var)).sum(1).mean()
+    loss = reconstruction + self.beta * kl
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    self.opt.step()
+    return {"loss": loss.item(), "kl": kl.item()}
