@@ -71,7 +71,7 @@ from gen_models.config import base_config
 from gen_models.divergences import kl_diag_gaussians
 from gen_models.errors import UserError
 from gen_models.models import Family
-from gen_models.nn import Conv, ConvTranspose
+from gen_models.nn import Conv, ConvTranspose, check_impl
 from gen_models.train_state import TrainState, apply_gradients
 
 ARCHITECTURES = ("conv", "burgess", "mlp")
@@ -130,11 +130,13 @@ class ConvEncoder(nn.Module):
   convs: Sequence[tuple[int, int]]
   dense: Sequence[int]
   latent_dim: int
+  conv_impl: str = "auto"  # gen_models.nn.conv: how the convs are computed (same function).
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     for features, k in self.convs:
-      x = nn.relu(Conv(features, (k, k), strides=(2, 2), padding="SAME")(x))
+      conv = Conv(features, (k, k), strides=(2, 2), padding="SAME", impl=self.conv_impl)
+      x = nn.relu(conv(x))
     h = x.reshape(x.shape[0], -1)
     for width in self.dense:
       h = nn.relu(nn.Dense(width)(h))
@@ -151,6 +153,7 @@ class ConvDecoder(nn.Module):
   start: tuple[int, int, int]
   deconvs: Sequence[int]
   out_shape: tuple[int, int, int]
+  conv_impl: str = "auto"  # gen_models.nn.conv: how the convs are computed (same function).
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
@@ -158,9 +161,12 @@ class ConvDecoder(nn.Module):
     for width in (*self.dense, math.prod(self.start)):
       h = nn.relu(nn.Dense(width)(h))
     x = h.reshape(z.shape[0], *self.start)
+    deconv = functools.partial(
+      ConvTranspose, kernel_size=(4, 4), strides=(2, 2), padding="SAME", impl=self.conv_impl
+    )
     for features in self.deconvs:
-      x = nn.relu(ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME")(x))
-    return ConvTranspose(self.out_shape[-1], (4, 4), strides=(2, 2), padding="SAME")(x)
+      x = nn.relu(deconv(features)(x))
+    return deconv(self.out_shape[-1])(x)
 
 
 class MLPEncoder(nn.Module):
@@ -193,8 +199,10 @@ class MLPDecoder(nn.Module):
     return nn.Dense(math.prod(self.out_shape))(h).reshape(z.shape[0], *self.out_shape)
 
 
-def make_networks(vae: ml_collections.ConfigDict, shape: Sequence[int]) -> tuple[nn.Module, ...]:
-  """``(encoder, decoder)`` for examples of ``shape``."""
+def make_networks(
+  vae: ml_collections.ConfigDict, shape: Sequence[int], conv_impl: str = "auto"
+) -> tuple[nn.Module, ...]:
+  """``(encoder, decoder)`` for examples of ``shape``; ``conv_impl`` as ``gen_models.nn.conv``."""
   shape, d = tuple(shape), vae.latent_dim
   if vae.architecture == "mlp":
     return (
@@ -210,11 +218,11 @@ def make_networks(vae: ml_collections.ConfigDict, shape: Sequence[int]) -> tuple
     )
   grid = (shape[0] // 16, shape[1] // 16)
   if vae.architecture == "conv":
-    encoder = ConvEncoder(((32, 4), (32, 4), (64, 2), (64, 2)), (256,), d)
-    decoder = ConvDecoder((256,), (*grid, 64), (64, 32, 32), shape)
+    encoder = ConvEncoder(((32, 4), (32, 4), (64, 2), (64, 2)), (256,), d, conv_impl)
+    decoder = ConvDecoder((256,), (*grid, 64), (64, 32, 32), shape, conv_impl)
   else:
-    encoder = ConvEncoder(((32, 4),) * 4, (256, 256), d)
-    decoder = ConvDecoder((256, 256), (*grid, 32), (32, 32, 32), shape)
+    encoder = ConvEncoder(((32, 4),) * 4, (256, 256), d, conv_impl)
+    decoder = ConvDecoder((256, 256), (*grid, 32), (32, 32, 32), shape, conv_impl)
   return encoder, decoder
 
 
@@ -520,7 +528,7 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
     raise UserError(
       f"vae.mlp_width must be >= 1 and vae.mlp_depth >= 0, got {vae.mlp_width}, {vae.mlp_depth}"
     )
-  encoder, decoder = make_networks(vae, example_shape)
+  encoder, decoder = make_networks(vae, example_shape, check_impl(config.conv_impl))
   log_scale = math.log(vae.gaussian_scale) if vae.likelihood == "gaussian" else None
   learned = log_scale if vae.learn_gaussian_scale else None
   fixed = None if vae.learn_gaussian_scale else log_scale
