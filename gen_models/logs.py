@@ -77,7 +77,8 @@ class Progress:
     rate = (step - self._step) / max(now - self._time, 1e-9)
     self._step, self._time = step, now
     eta = (self.total - step) / rate if rate > 0 else float("inf")
-    shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
+    # Grouped metrics ("kl_per_dim/3") go to metrics.jsonl and TensorBoard, not the console.
+    shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()) if "/" not in k)
     return (
       f"step {step}/{self.total} | {rate:.2f} steps/s | ETA {format_duration(eta)} | {shown}",
       rate,

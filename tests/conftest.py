@@ -14,6 +14,12 @@ os.environ["XLA_FLAGS"] = (
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# CI draws the same hypothesis examples on every run: a red CI is reproducible, never a fluke.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+  settings.load_profile("ci")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
