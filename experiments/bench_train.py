@@ -379,7 +379,7 @@ def _step_rows(name: str, tmp: str) -> list[dict]:
       {
         "config": name,
         "framework": f"torch {result['torch_version']} eager" if torch_row else "jax",
-        "conv_impl": "-" if torch_row or spec.get("conv_impl") is None else f"{spec['conv_impl']}",
+        "conv_impl": "-" if torch_row or spec.get("conv_impl") is None else spec["conv_impl"],
         "critic_loop": "-" if torch_row else spec["critic_loop"],
         "devices": 1,
         "batch": result["batch"],

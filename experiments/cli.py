@@ -96,6 +96,13 @@ def run_user_errors_as_exit(fn: Callable[[], object]) -> object:
     _exit_with(str(e))
 
 
+def print_results(results: dict, width: int) -> None:
+  """One ``key  value`` line per result, keys right-aligned to ``width``, floats to 6 digits."""
+  for key, value in results.items():
+    shown = f"{value:.6g}" if isinstance(value, float) else f"{value}"
+    print(f"{key:>{width}s}  {shown}")
+
+
 def write_json(path: str, obj: object, sort_keys: bool = False) -> None:
   """Writes ``obj`` as indented JSON to ``path`` atomically (a temp file, then a rename).
 

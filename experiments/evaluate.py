@@ -175,8 +175,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.quiet_library_logs()
   results = cli.run_user_errors_as_exit(run)
-  for key, value in results.items():
-    print(f"{key:>28s}  {value:.6g}" if isinstance(value, float) else f"{key:>28s}  {value}")
+  cli.print_results(results, width=28)
   print(f"wrote {_OUTPUT.value}")
 
 

@@ -142,8 +142,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.quiet_library_logs()
   results = cli.run_user_errors_as_exit(run)
-  for key, value in results.items():
-    print(f"{key:>36s}  {value:.6g}" if isinstance(value, float) else f"{key:>36s}  {value}")
+  cli.print_results(results, width=36)
   print(f"wrote {_OUTPUT.value}")
 
 
