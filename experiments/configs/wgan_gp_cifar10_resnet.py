@@ -59,6 +59,7 @@ def get_config(arg: str | None = None):
     c.gan.resnet_dim = 8
     c.gan.latent_dim = 16
     c.gan.n_critic = 2
+    c.gan.unroll_critic = False  # One loop body to compile: the smoke test's time is compiling.
     c.gan.generator_batch_size = 16
     c.optimizer.decay_steps = 3
     c.num_train_steps = 3
