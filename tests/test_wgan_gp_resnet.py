@@ -8,6 +8,8 @@ EMA recursion; the AC-GAN loss identity; float32 for the bfloat16 step.
 
 from __future__ import annotations
 
+import re
+
 import chex
 import flax.linen as nn
 import jax
@@ -24,7 +26,9 @@ from test_trainer import (
 from test_wgan_gp_math import _input_dilated_convolutions
 
 from experiments.configs import wgan_gp_cifar10_resnet
+from gen_models import config as config_lib
 from gen_models import models, trainer
+from gen_models.errors import UserError
 from gen_models.models import wgan_gp
 from gen_models.nn import (
   ConditionalBatchNorm,
@@ -493,3 +497,23 @@ def test_final_evaluation_uses_final_num_samples(final_num, want):
   final = outputs.evaluate(6, None, final=True)
   assert seen == want
   assert np.isfinite(periodic["eval/fid"]) and np.isfinite(final["eval/fid"])
+
+
+@pytest.mark.parametrize(
+  ("overrides", "shape", "fragment"),
+  [
+    ({"gan.conditional": True, "dataset.labels": False}, (32, 32, 3), "dataset.labels=True"),
+    ({"gan.compute_dtype": "float16"}, (32, 32, 3), "unknown gan.compute_dtype"),
+    ({"gan.architecture": "dcgan", "gan.compute_dtype": "bfloat16"}, (32, 32, 3), "'resnet'"),
+    ({}, (28, 28, 1), "32×32×C"),
+    ({"gan.ema_decay": 1.0}, (32, 32, 3), "ema_decay"),
+    ({"gan.generator_batch_size": -1}, (32, 32, 3), "generator_batch_size"),
+  ],
+)
+def test_bad_settings_are_one_line_user_errors(overrides, shape, fragment):
+  config = wgan_gp_cifar10_resnet.get_config("smoke")
+  config.dataset.labels = False
+  for key, value in overrides.items():
+    config_lib.set_path(config, key, value)
+  with pytest.raises(UserError, match=re.escape(fragment)):
+    wgan_gp.make_family(config, shape)
