@@ -258,3 +258,11 @@ def test_prepared_copies_are_never_overwritten(prepared):
   with pytest.raises(UserError, match="already exists"):
     archives.prepare_mnist(str(prepared["root"] / "mnist"), prepared["dir"])
   assert archives.prepared_name("cifar10") == images.PREPARED_PREFIX + "cifar10"
+
+
+def test_a_prepared_copy_without_the_split_is_a_one_line_error(prepared):
+  c = _config("mnist", prepared["dir"])
+  c.dataset.split = "validation"
+  with pytest.raises(UserError, match="gen_models_mnist split 'validation'") as e:
+    data.create(c, 4)
+  assert "\n" not in str(e.value) and "prepare_data mnist" in str(e.value)

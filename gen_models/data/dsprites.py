@@ -21,8 +21,9 @@ Three datasets (``config.dataset.name``):
 
 * ``dsprites``: the original ``dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz``, converted once by
   ``python -m experiments.prepare_data dsprites --source=FILE.npz --data_dir=DIR`` (:func:`prepare`)
-  into array_record files (TFDS dataset ``gen_models_dsprites``, ``tfds.features.Tensor`` features,
-  examples in the file's order; no TensorFlow) and read with ``tfds.data_source``.
+  into array_record files (:mod:`gen_models.data.prepare`: TFDS dataset ``gen_models_dsprites``,
+  ``tfds.features.Tensor`` features, examples in the file's order; no TensorFlow) and read with
+  ``tfds.data_source``.
 * ``dsprites_procedural``: the same factor grid, each image rendered on demand by :func:`render`
   (no file, random access by index, deterministic: float64 numpy arithmetic).
 * ``dsprites_procedural_smoke``: a 384-image sub-grid of the procedural one for tests (shape 3 ×

@@ -51,17 +51,22 @@ def open_source(name: str, split: str, data_dir: str | None):
   import tensorflow_datasets as tfds  # Imported here: toy runs need no TFDS at all.
 
   where = data_dir or "~/tensorflow_datasets (or $TFDS_DATA_DIR)"
-  for candidate in (PREPARED_PREFIX + name, name):
-    try:
-      return tfds.data_source(candidate, split=split, data_dir=data_dir, download=False)
-    except tfds.core.registered.DatasetNotFoundError:
-      if candidate != name:  # No prepared copy: TFDS's own dataset (or its mock) next.
-        continue
-      raise not_prepared(name, where, f"no {candidate} or {PREPARED_PREFIX + name}") from None
-    except Exception as e:  # TFDS raises several types for "not prepared"; all mean the same here.
-      reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise not_prepared(name, where, f"{candidate} split {split!r}: {reason}") from None
-  raise AssertionError("unreachable")
+  prepared = PREPARED_PREFIX + name
+  try:
+    return tfds.data_source(prepared, split=split, data_dir=data_dir, download=False)
+  except tfds.core.registered.DatasetNotFoundError:
+    pass  # No prepared copy: TFDS's own dataset (a `tfds build` directory, or its mock) next.
+  except Exception as e:  # A prepared copy that cannot be read (e.g. no such split).
+    raise not_prepared(name, where, f"{prepared} split {split!r}: {_first_line(e)}") from None
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except Exception as e:  # TFDS raises several types for "not prepared"; all mean the same here.
+    reason = f"no {prepared}; {name} split {split!r}: {_first_line(e)}"
+    raise not_prepared(name, where, reason) from None
+
+
+def _first_line(e: Exception) -> str:
+  return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _image(pad: int):
