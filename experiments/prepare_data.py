@@ -1,6 +1,6 @@
 r"""Convert a downloaded dataset file into the array_record files the datasets read (no TensorFlow).
 
-    python -m experiments.prepare_data dsprites --source=PATH.npz --data_dir=DIR
+    python -m experiments.prepare_data {dsprites,mnist,cifar10} --source=PATH --data_dir=DIR
 
 Subcommands (one per dataset; each is a function of the library, this file only dispatches):
 
@@ -10,8 +10,17 @@ Subcommands (one per dataset; each is a function of the library, this file only 
   train with ``--config.dataset.name=dsprites --config.dataset.data_dir=DIR``. About 3 GB of
   memory for the full file.
 
-Adding a dataset (e.g. mnist, cifar10 from their original archives) is one library function
-``prepare(source, data_dir) -> path`` and one entry in :data:`SUBCOMMANDS`.
+* ``mnist``: PATH is the folder holding the four original IDX files ``train-images-idx3-ubyte.gz``,
+  ``train-labels-idx1-ubyte.gz``, ``t10k-images-idx3-ubyte.gz``, ``t10k-labels-idx1-ubyte.gz``;
+  written as ``gen_models_mnist`` (:func:`gen_models.data.archives.prepare_mnist`).
+* ``cifar10``: PATH is ``cifar-10-binary.tar.gz`` (the "binary version"); written as
+  ``gen_models_cifar10`` (:func:`gen_models.data.archives.prepare_cifar10`).
+
+Both hold the images, labels, splits and example order of ``tfds build mnist|cifar10``; then train
+with ``--config.dataset.name=mnist|cifar10 --config.dataset.data_dir=DIR`` (docs/DATASETS.md).
+
+Adding a dataset is one library function ``prepare(source, data_dir) -> path`` (built on
+:mod:`gen_models.data.prepare`) and one entry in :data:`SUBCOMMANDS`.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from collections.abc import Callable
 from absl import app, flags
 
 from experiments import cli
-from gen_models.data import dsprites
+from gen_models.data import archives, dsprites
 from gen_models.errors import UserError
 
 _SOURCE = flags.DEFINE_string("source", None, "The downloaded file to convert.")
@@ -31,6 +40,8 @@ flags.mark_flags_as_required(["source", "data_dir"])
 # subcommand -> prepare(source, data_dir) -> directory of the written files.
 SUBCOMMANDS: dict[str, Callable[[str, str], str]] = {
   "dsprites": dsprites.prepare,
+  "mnist": archives.prepare_mnist,
+  "cifar10": archives.prepare_cifar10,
 }
 
 
@@ -39,7 +50,8 @@ def run(argv: list[str]) -> str:
     got = " ".join(argv[1:]) or "nothing"
     raise UserError(
       f"expected one subcommand, one of: {', '.join(SUBCOMMANDS)}; got {got} "
-      f"(usage: python -m experiments.prepare_data dsprites --source=PATH --data_dir=DIR)"
+      f"(usage: python -m experiments.prepare_data {'|'.join(SUBCOMMANDS)} --source=PATH "
+      f"--data_dir=DIR)"
     )
   return SUBCOMMANDS[argv[1]](_SOURCE.value, _DATA_DIR.value)
 

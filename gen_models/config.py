@@ -56,6 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.data_dir = ""  # TFDS data dir; "" means TFDS's default.
   c.dataset.split = "train"
   c.dataset.eval_split = "test"
+  # True: image batches are {"image": (B, H, W, C), "label": (B,) int32} (labelled sets only).
+  c.dataset.labels = False
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_samples = 1000

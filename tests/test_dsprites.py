@@ -290,7 +290,7 @@ def test_prepare_data_cli_errors_are_one_line(tmp_path):
     f"--data_dir={tmp_path}",
   )
   assert_one_line_error(proc, "does not exist")
-  proc = run_cli("experiments.prepare_data", "mnist", "--source=x", f"--data_dir={tmp_path}")
+  proc = run_cli("experiments.prepare_data", "svhn", "--source=x", f"--data_dir={tmp_path}")
   assert_one_line_error(proc, "subcommand", "dsprites")
   proc = run_cli("experiments.prepare_data", "dsprites", f"--data_dir={tmp_path}")
   assert_one_line_error(proc, "source")

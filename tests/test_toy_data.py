@@ -113,3 +113,17 @@ def test_dataset_batch_is_the_whole_global_batch_in_one_process(name):
   np.testing.assert_array_equal(ref, toy.sample(name, 100, 7, toy.REFERENCE_STREAM, 0))
   # Held-out data is not the training stream.
   assert not np.array_equal(ref[:32], ds.batch(0))
+
+
+def test_labels_on_an_unlabelled_dataset_is_a_one_line_error():
+  from gen_models import UserError, config, data
+
+  c = config.base_config()
+  c.dataset.labels = True
+  for name in ("8gaussians", "dsprites_procedural"):
+    c.dataset.name = name
+    with pytest.raises(UserError, match=f"dataset {name!r} has no labels") as e:
+      data.create(c, 8)
+    assert "\n" not in str(e.value)
+  c.dataset.labels = False
+  assert data.num_classes(c) is None and not hasattr(data.create(c, 8), "num_classes")

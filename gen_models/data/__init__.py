@@ -27,6 +27,10 @@ class Dataset(Protocol):
       ``high`` white when samples are turned into uint8 images (``images.to_uint8``). None for
       points.
 
+  Labelled image datasets made with ``config.dataset.labels = True`` have ``num_classes`` (int)
+  and batches ``{"image": (B, *shape) float32, "label": (B,) int32}``; otherwise ``num_classes``
+  is None or absent. ``reference`` is images only either way.
+
   Datasets with ground-truth factors (the dSprites family) also have ``num_factors``,
   ``factor_sizes``, ``factor_names``, ``sample_factors(n, rng) -> (n, K) int`` and
   ``observations(factors) -> (n, *shape) float32``: see :func:`has_ground_truth`.
@@ -37,8 +41,9 @@ class Dataset(Protocol):
   shape: tuple[int, ...]
   value_range: tuple[float, float] | None
 
-  def batch(self, index: int) -> np.ndarray:
-    """This process's rows of global batch ``index``: ``(B / num_processes, *shape)`` float32."""
+  def batch(self, index: int) -> np.ndarray | dict[str, np.ndarray]:
+    """This process's rows of global batch ``index``: ``(B / num_processes, *shape)`` float32
+    (or the labelled dict above)."""
     ...
 
   def reference(self, n: int) -> np.ndarray | None:
@@ -87,6 +92,25 @@ def value_range(config) -> tuple[float, float] | None:
   raise _unknown(name)
 
 
+def num_classes(config) -> int | None:
+  """The label classes the dataset of ``config`` yields (None without ``dataset.labels``), without
+  opening the data.
+
+  Raises:
+    UserError: ``dataset.labels`` is True for a dataset without labels.
+  """
+  name = config.dataset.name
+  if not config.dataset.get("labels", False):
+    return None
+  if name in images.NUM_CLASSES:
+    return images.NUM_CLASSES[name]
+  example_shape(config)  # Raises the unknown-dataset error.
+  labelled = ", ".join(images.NUM_CLASSES)
+  raise UserError(
+    f"dataset.labels=True but dataset {name!r} has no labels (labelled datasets: {labelled})"
+  )
+
+
 def has_ground_truth(dataset) -> bool:
   """Does ``dataset`` have the ground-truth factor interface the disentanglement metrics use?"""
   return all(hasattr(dataset, a) for a in GROUND_TRUTH_ATTRIBUTES)
@@ -96,6 +120,7 @@ def create(config, global_batch_size: int) -> Dataset:
   """The dataset named by ``config.dataset.name``: toy sets and procedural dSprites in-process,
   images and the dSprites file from TFDS."""
   name = config.dataset.name
+  labels = num_classes(config) is not None  # Raises if labels are asked of an unlabelled set.
   if name in toy.DISTRIBUTIONS:
     return toy.ToyDataset(name, global_batch_size, seed=config.seed)
   if name in images.IMAGE_DATASETS:
@@ -106,6 +131,7 @@ def create(config, global_batch_size: int) -> Dataset:
       data_dir=config.dataset.data_dir or None,
       split=config.dataset.split,
       eval_split=config.dataset.eval_split,
+      labels=labels,
     )
   if name == "dsprites":
     return dsprites.DSprites(
@@ -120,7 +146,8 @@ class StepIterator:
   """Yields the real data of consecutive train steps; its state is the next step number.
 
   Each step consumes ``batches_per_step`` consecutive global batches (a GAN with
-  ``n_critic=5`` uses 5), stacked to ``(batches_per_step, B_local, *shape)``.
+  ``n_critic=5`` uses 5), stacked to ``(batches_per_step, B_local, *shape)``; dict batches are
+  stacked leafwise (``{"image": (k, B_local, H, W, C), "label": (k, B_local)}``).
   """
 
   def __init__(self, dataset: Dataset, batches_per_step: int, step: int = 0):
@@ -131,9 +158,13 @@ class StepIterator:
   def __iter__(self):
     return self
 
-  def __next__(self) -> np.ndarray:
+  def __next__(self) -> np.ndarray | dict[str, np.ndarray]:
     k = self.batches_per_step
-    out = np.stack([self.dataset.batch(self.step * k + i) for i in range(k)])
+    batches = [self.dataset.batch(self.step * k + i) for i in range(k)]
+    if isinstance(batches[0], dict):
+      out = {key: np.stack([b[key] for b in batches]) for key in batches[0]}
+    else:
+      out = np.stack(batches)
     self.step += 1
     return out
 

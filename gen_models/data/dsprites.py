@@ -21,8 +21,9 @@ Three datasets (``config.dataset.name``):
 
 * ``dsprites``: the original ``dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz``, converted once by
   ``python -m experiments.prepare_data dsprites --source=FILE.npz --data_dir=DIR`` (:func:`prepare`)
-  into array_record files (TFDS dataset ``gen_models_dsprites``, ``tfds.features.Tensor`` features,
-  examples in the file's order; no TensorFlow) and read with ``tfds.data_source``.
+  into array_record files (:mod:`gen_models.data.prepare`: TFDS dataset ``gen_models_dsprites``,
+  ``tfds.features.Tensor`` features, examples in the file's order; no TensorFlow) and read with
+  ``tfds.data_source``.
 * ``dsprites_procedural``: the same factor grid, each image rendered on demand by :func:`render`
   (no file, random access by index, deterministic: float64 numpy arithmetic).
 * ``dsprites_procedural_smoke``: a 384-image sub-grid of the procedural one for tests (shape 3 ×
@@ -57,13 +58,13 @@ The two have not been compared pixel by pixel here (no copy of the file on these
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 
 import grain
 import numpy as np
 
+from gen_models.data import prepare as prepare_lib
 from gen_models.errors import UserError
 
 FACTOR_NAMES = ("shape", "scale", "orientation", "pos_x", "pos_y")
@@ -72,6 +73,7 @@ SHAPES = ("square", "ellipse", "heart")
 IMAGE_SHAPE = (64, 64, 1)
 VALUE_RANGE = (0.0, 1.0)
 TFDS_NAME = "gen_models_dsprites"  # Not "dsprites": that name is TFDS's own (Image features).
+VERSION = "1.0.0"  # Of the prepared files.
 DATASETS = ("dsprites", "dsprites_procedural", "dsprites_procedural_smoke")
 REFERENCE_STREAM = 1
 
@@ -404,61 +406,9 @@ def read_npz(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   return imgs, classes, values
 
 
-@functools.cache
-def _builder_class():
-  """The TFDS builder of :data:`TFDS_NAME` (made on first use: TFDS is imported lazily)."""
-  import tensorflow_datasets as tfds
-
-  class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """dSprites from the original npz: images, factor classes and values; file order kept."""
-
-    name = TFDS_NAME
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Images, 5 factor classes and values (colour dropped)."}
-    # No checksums file to look for (nothing is downloaded). TFDS's own lookup imports the
-    # optional package importlib_resources for builders defined inside a package.
-    code_path = None
-
-    def __init__(self, arrays, **kwargs):
-      self._arrays = arrays
-      super().__init__(**kwargs)
-
-    def _info(self):
-      return tfds.core.DatasetInfo(
-        builder=self,
-        description="dSprites (Matthey et al. 2017), converted by gen_models without TensorFlow.",
-        features=tfds.features.FeaturesDict(
-          {
-            "image": tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.uint8),
-            "factor_classes": tfds.features.Tensor(shape=(5,), dtype=np.int64),
-            "factor_values": tfds.features.Tensor(shape=(5,), dtype=np.float64),
-          }
-        ),
-        disable_shuffling=True,  # Example i is the file's example i: index = ravel(classes).
-        metadata=tfds.core.MetadataDict(
-          factor_names=list(FACTOR_NAMES),
-          factor_sizes=[int(s) for s in self._arrays[1].max(axis=0) + 1],
-        ),
-        homepage="https://github.com/google-deepmind/dsprites-dataset",
-      )
-
-    def _split_generators(self, dl_manager):
-      del dl_manager
-      return {"train": self._generate_examples()}
-
-    def _generate_examples(self):
-      imgs, classes, values = self._arrays
-      for i in range(len(imgs)):
-        yield (
-          i,
-          {"image": imgs[i, :, :, None], "factor_classes": classes[i], "factor_values": values[i]},
-        )
-
-  return Builder
-
-
 def prepare(source: str, data_dir: str) -> str:
-  """Converts the original dSprites npz ``source`` into array_record files under ``data_dir``.
+  """Converts the original dSprites npz ``source`` into array_record files under ``data_dir``
+  (:func:`gen_models.data.prepare.write`; examples in the file's order).
 
   Returns:
     The directory of the prepared files (``data_dir/gen_models_dsprites/1.0.0``).
@@ -467,16 +417,29 @@ def prepare(source: str, data_dir: str) -> str:
     UserError: see :func:`read_npz`; ``data_dir`` cannot be written; or it already holds a
       prepared copy (never overwritten).
   """
-  import tensorflow_datasets as tfds
+  prepare_lib.ensure_new(TFDS_NAME, VERSION, data_dir)
+  imgs, classes, values = read_npz(source)
 
-  target = os.path.join(data_dir, TFDS_NAME, "1.0.0")
-  if os.path.exists(target):
-    raise UserError(f"{target} already exists (prepared before); remove it to convert again")
-  arrays = read_npz(source)
-  try:
-    os.makedirs(data_dir, exist_ok=True)
-    builder = _builder_class()(arrays, data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig())
-  except OSError as e:
-    raise UserError(f"cannot write to --data_dir={data_dir}: {e.strerror or e}") from None
-  return os.fspath(builder.data_path)
+  def examples():
+    for i in range(len(imgs)):
+      image = imgs[i, :, :, None]
+      yield i, {"image": image, "factor_classes": classes[i], "factor_values": values[i]}
+
+  spec = prepare_lib.Spec(
+    name=TFDS_NAME,
+    version=VERSION,
+    description="dSprites (Matthey et al. 2017), converted by gen_models without TensorFlow.",
+    features={
+      "image": (IMAGE_SHAPE, np.uint8),
+      "factor_classes": ((5,), np.int64),
+      "factor_values": ((5,), np.float64),
+    },
+    splits={"train": examples},
+    shuffle=False,  # Example i is the file's example i: index = ravel(classes).
+    metadata={
+      "factor_names": list(FACTOR_NAMES),
+      "factor_sizes": [int(s) for s in classes.max(axis=0) + 1],
+    },
+    homepage="https://github.com/google-deepmind/dsprites-dataset",
+  )
+  return prepare_lib.write(spec, data_dir)

@@ -3,7 +3,13 @@
 Examples are shuffled by ``grain.MapDataset.shuffle`` (a new permutation each epoch), mapped to
 float32 in ``[-1, 1]`` (``x / 127.5 - 1``) and, for MNIST, zero-padded from 28×28 to 32×32 (2
 pixels each side, as DCGAN-style 32×32 nets expect). Global batch ``i`` holds shuffled examples
-``[i·B, (i+1)·B)``; process ``p`` reads rows ``[p·B/P, (p+1)·B/P)`` of it.
+``[i·B, (i+1)·B)``; process ``p`` reads rows ``[p·B/P, (p+1)·B/P)`` of it. With ``labels=True`` a
+batch is ``{"image": (B, H, W, C) float32, "label": (B,) int32}``.
+
+Where the examples come from (:func:`open_source`): the TFDS dataset ``gen_models_<name>`` that
+``python -m experiments.prepare_data <name>`` wrote (:mod:`gen_models.data.archives`) if the data
+dir has one, else TFDS's own ``<name>`` (``tfds build``, or ``tfds.testing.mock_data`` in tests).
+Both hold the same images, labels, splits and order.
 """
 
 from __future__ import annotations
@@ -20,26 +26,52 @@ IMAGE_DATASETS = {
   "mnist": ((32, 32, 1), 2),
   "cifar10": ((32, 32, 3), 0),
 }
+NUM_CLASSES = {"mnist": 10, "cifar10": 10}
+PREPARED_PREFIX = "gen_models_"  # prepare_data writes dataset ``name`` as ``gen_models_<name>``.
+# name -> what prepare_data's --source is (for the not-prepared error).
+SOURCES = {
+  "mnist": "the folder of the four IDX .gz files",
+  "cifar10": "cifar-10-binary.tar.gz",
+}
+
+
+def not_prepared(name: str, where: str, reason: str) -> UserError:
+  """The one-line "dataset not prepared" error: prepare_data first, ``tfds build`` second."""
+  return UserError(
+    f"dataset {name!r} is not prepared in {where} ({reason}). Convert the original files once: "
+    f"python -m experiments.prepare_data {name} --source=PATH --data_dir=DIR (PATH: "
+    f"{SOURCES[name]}), then pass --config.dataset.data_dir=DIR; or, with TensorFlow: "
+    f"tfds build {name} --file_format=array_record --data_dir=DIR"
+  )
 
 
 def open_source(name: str, split: str, data_dir: str | None):
-  """``tfds.data_source(name, split)`` or a one-line error that says how to prepare it."""
+  """Split ``split`` of ``gen_models_<name>`` (prepared by ``prepare_data``) if ``data_dir`` has
+  it, else of TFDS's ``name``; or the one-line error that says how to prepare it."""
   import tensorflow_datasets as tfds  # Imported here: toy runs need no TFDS at all.
 
+  where = data_dir or "~/tensorflow_datasets (or $TFDS_DATA_DIR)"
+  prepared = PREPARED_PREFIX + name
+  try:
+    return tfds.data_source(prepared, split=split, data_dir=data_dir, download=False)
+  except tfds.core.registered.DatasetNotFoundError:
+    pass  # No prepared copy: TFDS's own dataset (a `tfds build` directory, or its mock) next.
+  except Exception as e:  # A prepared copy that cannot be read (e.g. no such split).
+    raise not_prepared(name, where, f"{prepared} split {split!r}: {_first_line(e)}") from None
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # TFDS raises several types for "not prepared"; all mean the same here.
-    where = data_dir or "~/tensorflow_datasets (or $TFDS_DATA_DIR)"
-    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise UserError(
-      f"dataset {name!r} split {split!r} is not prepared in {where} ({reason}). Prepare it once, "
-      f"on a machine with internet: pip install tensorflow tensorflow-datasets && "
-      f"tfds build {name} --file_format=array_record --data_dir=DIR, "
-      f"then pass --config.dataset.data_dir=DIR"
-    ) from None
+    reason = f"no {prepared}; {name} split {split!r}: {_first_line(e)}"
+    raise not_prepared(name, where, reason) from None
 
 
-def _preprocess(pad: int):
+def _first_line(e: Exception) -> str:
+  return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _image(pad: int):
+  """Record → its image ``(H, W, C)`` float32 in ``[-1, 1]``, zero (-1) padded by ``pad``."""
+
   def fn(record) -> np.ndarray:
     x = np.asarray(record["image"], np.float32) / 127.5 - 1.0
     if pad:
@@ -49,8 +81,22 @@ def _preprocess(pad: int):
   return fn
 
 
+def _image_and_label(pad: int):
+  """Record → ``{"image": (H, W, C) float32, "label": () int32}``."""
+  image = _image(pad)
+
+  def fn(record) -> dict[str, np.ndarray]:
+    return {"image": image(record), "label": np.asarray(record["label"], np.int32)}
+
+  return fn
+
+
 class TfdsImageDataset:
-  """Random-access shuffled image batches from a prepared TFDS dataset."""
+  """Random-access shuffled image batches from a prepared TFDS dataset.
+
+  Attributes:
+    num_classes: the number of label classes when made with ``labels=True``, else None.
+  """
 
   kind = "images"
   value_range = VALUE_RANGE
@@ -63,12 +109,14 @@ class TfdsImageDataset:
     data_dir: str | None,
     split: str = "train",
     eval_split: str = "test",
+    labels: bool = False,
   ):
     import jax
 
     self.name = name
     self.shape, pad = IMAGE_DATASETS[name]
-    self._preprocess = _preprocess(pad)
+    self._image = _image(pad)
+    self.num_classes = NUM_CLASSES[name] if labels else None
     self._data_dir, self._eval_split = data_dir, eval_split
     source = open_source(name, split, data_dir)
     self._num_processes, self._process = jax.process_count(), jax.process_index()
@@ -77,17 +125,20 @@ class TfdsImageDataset:
       grain.MapDataset.source(source)
       .shuffle(seed=seed)
       .repeat()
-      .map(self._preprocess)
+      .map(_image_and_label(pad) if labels else self._image)
       .batch(local, drop_remainder=True)
     )
 
-  def batch(self, index: int) -> np.ndarray:
+  def batch(self, index: int) -> np.ndarray | dict[str, np.ndarray]:
+    """This process's rows of global batch ``index``: ``(B_local, H, W, C)`` float32, or with
+    labels ``{"image": (B_local, H, W, C) float32, "label": (B_local,) int32}``."""
     return self._batches[index * self._num_processes + self._process]
 
   def reference(self, n: int) -> np.ndarray:
+    """The first ``min(n, size)`` examples of the eval split, images only: ``(n, H, W, C)``."""
     source = open_source(self.name, self._eval_split, self._data_dir)
     n = min(n, len(source))
-    return np.stack([self._preprocess(source[i]) for i in range(n)])
+    return np.stack([self._image(source[i]) for i in range(n)])
 
 
 def to_uint8(x: np.ndarray, value_range: tuple[float, float] = VALUE_RANGE) -> np.ndarray:
