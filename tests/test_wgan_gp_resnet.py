@@ -314,7 +314,6 @@ def test_classifier_loss_and_accuracy():
 
 def _tiny_config(**gan):
   c = wgan_gp_cifar10_resnet.get_config("conditional,smoke")
-  c.dataset.labels = True  # Set here: make_family is called without validation.
   c.batch_size = 4
   c.gan.resnet_dim = 4
   c.gan.latent_dim = 8
@@ -503,6 +502,7 @@ def test_final_evaluation_uses_final_num_samples(final_num, want):
   ("overrides", "shape", "fragment"),
   [
     ({"gan.conditional": True, "dataset.labels": False}, (32, 32, 3), "dataset.labels=True"),
+    ({"gan.conditional": True, "gan.num_classes": 7}, (32, 32, 3), "has 10 classes"),
     ({"gan.compute_dtype": "float16"}, (32, 32, 3), "unknown gan.compute_dtype"),
     ({"gan.architecture": "dcgan", "gan.compute_dtype": "bfloat16"}, (32, 32, 3), "'resnet'"),
     ({}, (28, 28, 1), "32×32×C"),
@@ -511,8 +511,8 @@ def test_final_evaluation_uses_final_num_samples(final_num, want):
   ],
 )
 def test_bad_settings_are_one_line_user_errors(overrides, shape, fragment):
-  config = wgan_gp_cifar10_resnet.get_config("smoke")
-  config.dataset.labels = False
+  config = wgan_gp_cifar10_resnet.get_config("conditional,smoke")
+  config.gan.conditional = False
   for key, value in overrides.items():
     config_lib.set_path(config, key, value)
   with pytest.raises(UserError, match=re.escape(fragment)):

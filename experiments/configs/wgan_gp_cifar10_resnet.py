@@ -50,8 +50,7 @@ def get_config(arg: str | None = None):
     c.gan.num_classes = 10
     c.gan.acgan_scale = 1.0
     c.gan.acgan_scale_g = 0.1
-    if "labels" in c.dataset:  # The key comes with the labelled image datasets.
-      c.dataset.labels = True
+    c.dataset.labels = True  # Batches {"image", "label"}; the labels of CIFAR-10.
   if args["bfloat16"]:
     c.gan.compute_dtype = "bfloat16"
   if args["smoke"]:

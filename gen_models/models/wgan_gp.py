@@ -60,7 +60,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from gen_models import devices
+from gen_models import data, devices
 from gen_models.config import base_config
 from gen_models.divergences import wasserstein1
 from gen_models.errors import UserError
@@ -539,8 +539,15 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
       "need gan.generator_batch_size >= 0, optimizer.decay_steps >= 0 and 0 <= gan.ema_decay "
       f"< 1; got {gan.generator_batch_size}, {opt.decay_steps} and {gan.ema_decay}"
     )
-  if gan.conditional and not config.dataset.get("labels", False):
-    raise UserError("gan.conditional needs a dataset with labels: set dataset.labels=True")
+  if gan.conditional:
+    classes = data.num_classes(config)  # None without labels; raises for an unlabelled set.
+    if classes is None:
+      raise UserError("gan.conditional needs a dataset with labels: set dataset.labels=True")
+    if classes != gan.num_classes:
+      raise UserError(
+        f"gan.num_classes is {gan.num_classes} but dataset {config.dataset.name!r} has "
+        f"{classes} classes"
+      )
   generator, critic = make_networks(gan, example_shape, check_impl(config.conv_impl))
   num_classes = gan.num_classes if gan.conditional else 0
   critic_lr = (
