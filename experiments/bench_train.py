@@ -20,8 +20,8 @@ the devices before timing, so the numbers are of the step alone, without the inp
   batches (no TFDS data needed).
 * ``resnet``, ``resnet_bf16``: ``experiments/configs/wgan_gp_cifar10_resnet.py`` (the paper's
   ResNet nets, width 128, critic batch 64, generator batch 128, dequantised images), computing
-  in float32 and in bfloat16 (``:bfloat16``; the PyTorch peer under bfloat16 autocast), on
-  random 8-bit images ``k/127.5 − 1``.
+  in float32 and in bfloat16 (``:bfloat16``; the PyTorch peer is float32 in both), on random
+  8-bit images ``k/127.5 − 1``. Meant for accelerators: one CPU step takes seconds.
 * ``vae``: ``experiments/configs/beta_vae_dsprites.py`` (disentanglement_lib's conv nets, β = 4,
   batch 64) on random binary 64×64×1 batches. One Adam step per train step, so
   ``n_critic`` is 1 and ``gen_steps_per_s`` counts VAE updates.

@@ -138,9 +138,9 @@ class WGANGP:
   """One WGAN-GP train step as ``gen_models.models.wgan_gp.train_step``: ``n_critic`` critic
   updates ``L_D = E D(x̃) − E D(x) + λ E(‖∇D(x̂)‖ − 1)²`` (one real batch each), then one
   generator update ``L_G = −E D(G(z))``; Adam for both. With the ResNet nets also the
-  dequantisation of the real images, the generator's own batch size, and bfloat16 autocast
-  when the config computes in bfloat16 (the learning-rate decay, a scalar per step, is left
-  out)."""
+  dequantisation of the real images and the generator's own batch size (the learning-rate
+  decay, a scalar per step, is left out). Always float32: the peer runs on the CPU, where
+  bfloat16 autocast made one ResNet step take minutes (2026-11-26, batch 8, one thread)."""
 
   def __init__(self, config, example_shape: tuple[int, ...], seed: int = 0):
     torch.manual_seed(seed)
@@ -158,7 +158,6 @@ class WGANGP:
       self.critic = DCGANCritic(gan.dcgan_dim, example_shape[-1])
     self.gen_batch = gan.get("generator_batch_size", 0)
     self.dequantize = gan.get("dequantize", False)
-    self.bf16 = gan.get("compute_dtype", "float32") == "bfloat16"
     betas = (opt.b1, opt.b2)
     self.g_opt = torch.optim.Adam(self.gen.parameters(), lr=opt.learning_rate, betas=betas)
     self.c_opt = torch.optim.Adam(self.critic.parameters(), lr=opt.learning_rate, betas=betas)
@@ -169,10 +168,6 @@ class WGANGP:
 
   def step(self, batch: torch.Tensor) -> dict[str, float]:
     """``batch``: real data ``(n_critic, B, *example_shape)`` in PyTorch's layout."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-      return self._step(batch)
-
-  def _step(self, batch: torch.Tensor) -> dict[str, float]:
     n_critic, b = batch.shape[:2]
     for real in batch:
       if self.dequantize:  # k/127.5 − 1 → (k + u)/128 − 1.
@@ -182,13 +177,13 @@ class WGANGP:
       eps = torch.rand(b, *([1] * (real.dim() - 1)))
       x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
       (grads,) = torch.autograd.grad(self.critic(x_hat).sum(), x_hat, create_graph=True)
-      norms = torch.sqrt(grads.float().flatten(1).square().sum(1) + 1e-12)
+      norms = torch.sqrt(grads.flatten(1).square().sum(1) + 1e-12)
       gp = (norms - 1).square().mean()
       loss = self.critic(fake).mean() - self.critic(real).mean() + self.gp_weight * gp
       self.c_opt.zero_grad(set_to_none=True)
       loss.backward()
       self.c_opt.step()
-    g_loss = -self.critic(self.gen(torch.randn(self.gen_batch or b, self.latent))).float().mean()
+    g_loss = -self.critic(self.gen(torch.randn(self.gen_batch or b, self.latent))).mean()
     self.g_opt.zero_grad(set_to_none=True)
     g_loss.backward()
     self.g_opt.step()
