@@ -58,8 +58,7 @@ def test_toy_smoke(arg, tmp_path):
   [
     ("wgan_gp_cifar10", "smoke"),
     ("wgan_gp_mnist", "smoke"),
-    ("wgan_gp_cifar10_resnet", "smoke"),
-    ("wgan_gp_cifar10_resnet", "conditional,smoke"),  # AC-GAN on the mock data's labels.
+    ("wgan_gp_cifar10_resnet", "smoke"),  # :conditional,smoke: tests/test_wgan_gp_resnet.py.
   ],
 )
 def test_image_smoke(name, arg, tmp_path):
