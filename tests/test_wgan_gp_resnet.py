@@ -28,6 +28,7 @@ from test_wgan_gp_math import _input_dilated_convolutions
 
 from experiments.configs import wgan_gp_cifar10_resnet
 from gen_models import config as config_lib
+from gen_models import devices as dev
 from gen_models import models, trainer
 from gen_models.errors import UserError
 from gen_models.models import wgan_gp
@@ -310,42 +311,61 @@ def test_classifier_loss_and_accuracy():
 
 
 # ----------------------------------------------------------------------------------------------
-# One compiled conditional step (EMA, dequantisation, lr decay and a generator batch of its own
-# all on), shared by the tests below; and the same step in bfloat16.
+# One compiled conditional step of the `:conditional,smoke` config with EMA on (dequantisation,
+# lr decay and a generator batch of its own are on too), jitted exactly as the trainer does, so
+# that this module's compilation cache shares it with the smoke runs at the end; and the same
+# step in bfloat16.
 
 
-def _tiny_config(**gan):
+def _smoke_config(**gan):
   c = wgan_gp_cifar10_resnet.get_config("conditional,smoke")
-  c.batch_size = 4
-  c.gan.resnet_dim = 4
-  c.gan.latent_dim = 8
-  c.gan.n_critic = 2
-  c.gan.generator_batch_size = 6
-  c.gan.unroll_critic = False
   c.gan.ema_decay = 0.5
   for k, v in gan.items():
     c.gan[k] = v
   return c
 
 
-def _batch():
+def _batch(config):
   rng = np.random.default_rng(6)
-  k = rng.integers(0, 256, (2, 4, 32, 32, 3))
-  labels = rng.integers(0, 10, (2, 4)).astype(np.int32)
+  shape = (config.gan.n_critic, config.batch_size)
+  k = rng.integers(0, 256, (*shape, 32, 32, 3))
+  labels = rng.integers(0, 10, shape).astype(np.int32)
   return {"image": (k / 127.5 - 1).astype(np.float32), "label": labels}
 
 
 def _one_step(config):
+  """Step 0 → 1 jitted plainly (one device), compiled fast."""
   family = wgan_gp.make_family(config, (32, 32, 3))
   state = jax.jit(family.init, compiler_options=FAST_COMPILE)(jax.random.key(0))
-  lowered = jax.jit(family.train_step).lower(state, _batch())
-  new_state, metrics = lowered.compile(FAST_COMPILE)(state, _batch())
-  return family, state, new_state, jax.device_get(metrics), lowered
+  new_state, metrics = (
+    jax.jit(family.train_step)
+    .lower(state, _batch(config))
+    .compile(FAST_COMPILE)(state, _batch(config))
+  )
+  return family, state, new_state, jax.device_get(metrics)
 
 
 @pytest.fixture(scope="module")
 def f32_step():
-  return _one_step(_tiny_config())
+  """``(family, state 0, state 1, metrics, lowered)``, the step jitted as the trainer does."""
+  config = _smoke_config()
+  family = wgan_gp.make_family(config, (32, 32, 3))
+  mesh = dev.make_mesh()
+  replicated = dev.replicated(mesh)
+  init = jax.jit(family.init, out_shardings=replicated, compiler_options=FAST_COMPILE)
+  step = jax.jit(
+    trainer._checked_step(family.train_step),
+    in_shardings=(replicated, dev.batch_sharding(mesh, batch_axis=1)),
+    out_shardings=(replicated, replicated),
+    donate_argnums=0,
+  )
+  batch = dev.global_batch(_batch(config), mesh, batch_axis=1)
+  state = init(jax.random.key(config.seed))
+  lowered = step.lower(state, batch)
+  new_state, metrics = step(init(jax.random.key(config.seed)), batch)  # Donates its own copy.
+  metrics = jax.device_get(metrics)
+  assert metrics.pop("finite")
+  return family, state, new_state, metrics, lowered
 
 
 def test_conditional_step_losses_add_up(f32_step):
@@ -354,7 +374,7 @@ def test_conditional_step_losses_add_up(f32_step):
   want = -m["wasserstein"] + 10.0 * m["gradient_penalty"] + 1.0 * m["classifier_loss"]
   assert m["critic_loss"] == pytest.approx(want, rel=1e-5)
   for name in ("classifier_accuracy_real", "classifier_accuracy_fake"):
-    assert m[name] * 8 == pytest.approx(round(m[name] * 8))  # Of 2 updates × 4 examples.
+    assert m[name] * 16 == pytest.approx(round(m[name] * 16))  # Of 2 updates × 8 examples.
   assert m["classifier_loss"] > 0 and m["generator_classifier_loss"] > 0
   assert all(np.isfinite(v) for v in m.values())
 
@@ -376,7 +396,7 @@ def test_generator_norms_of_unused_classes_are_untouched(f32_step):
   """Conditional batch norm: only the rows of the classes the generator update drew change."""
   _, state, new_state, _, _ = f32_step
   gen_key = jax.random.fold_in(state.step_key(), 1)  # As train_step derives the labels.
-  drawn = set(np.asarray(jax.random.randint(jax.random.fold_in(gen_key, 1), (6,), 0, 10)))
+  drawn = set(np.asarray(jax.random.randint(jax.random.fold_in(gen_key, 1), (16,), 0, 10)))
   assert 0 < len(drawn) < 10
   for block in ("block1", "block2", "block3"):
     for norm in ("norm1", "norm2"):
@@ -414,7 +434,7 @@ def test_bfloat16_step_is_close_to_the_float32_step(f32_step):
   (β1 = 0), at least 90 % of the critic's parameters take the same first step.
   """
   _, state, new_state, m, _ = f32_step
-  _, state_bf, new_bf, m_bf, _ = _one_step(_tiny_config(compute_dtype="bfloat16"))
+  _, state_bf, new_bf, m_bf = _one_step(_smoke_config(compute_dtype="bfloat16"))
   chex.assert_trees_all_equal(state.params, state_bf.params)  # Same float32 initialisation.
   for tree in (new_bf.params, new_bf.opt_state, new_bf.ema_params, new_bf.model_state):
     assert {x.dtype for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)} == {
@@ -537,7 +557,7 @@ def test_conditional_smoke_on_mock_and_prepared_cifar10(tmp_path):
   archives.prepare_cifar10(str(tmp_path / "cifar-10-binary.tar.gz"), str(tmp_path / "tfds"))
   runs = {}
   for source in ("mock", "prepared"):
-    config = wgan_gp_cifar10_resnet.get_config("conditional,smoke")
+    config = _smoke_config()  # EMA on, as the step above: the same compiled step.
     workdir = str(tmp_path / source)
     if source == "mock":
       with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
