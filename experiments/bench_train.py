@@ -18,6 +18,10 @@ the devices before timing, so the numbers are of the step alone, without the inp
 * ``toy``: ``experiments/configs/wgan_gp_toy.py`` (MLP), batches of the real 2-D toy dataset.
 * ``cifar10``: ``experiments/configs/wgan_gp_cifar10.py`` (DCGAN) on 32×32×3 standard-normal
   batches (no TFDS data needed).
+* ``resnet``, ``resnet_bf16``: ``experiments/configs/wgan_gp_cifar10_resnet.py`` (the paper's
+  ResNet nets, width 128, critic batch 64, generator batch 128, dequantised images), computing
+  in float32 and in bfloat16 (``:bfloat16``; the PyTorch peer is float32 in both), on random
+  8-bit images ``k/127.5 − 1``. Meant for accelerators: one CPU step takes seconds.
 * ``vae``: ``experiments/configs/beta_vae_dsprites.py`` (disentanglement_lib's conv nets, β = 4,
   batch 64) on random binary 64×64×1 batches. One Adam step per train step, so
   ``n_critic`` is 1 and ``gen_steps_per_s`` counts VAE updates.
@@ -56,6 +60,12 @@ CONFIGS = {
   "toy": ("wgan_gp_toy", (2,), {"default": (200, 10)}),
   "cifar10": ("wgan_gp_cifar10", (32, 32, 3), {"default": (20, 2), "cpu": (3, 1)}),
   "vae": ("beta_vae_dsprites", (64, 64, 1), {"default": (50, 5), "cpu": (20, 3)}),
+  "resnet": ("wgan_gp_cifar10_resnet", (32, 32, 3), {"default": (20, 2), "cpu": (2, 1)}),
+  "resnet_bf16": (
+    "wgan_gp_cifar10_resnet:bfloat16",
+    (32, 32, 3),
+    {"default": (20, 2), "cpu": (2, 1)},
+  ),
 }
 CONV_IMPLS = ("auto", "xla", "space_to_depth", "subpixel")
 LOOPS = ("scan", "unrolled")
@@ -142,7 +152,8 @@ def _config(name: str, spec: dict):
 
   from gen_models import config as config_lib
 
-  config = importlib.import_module(f"experiments.configs.{CONFIGS[name][0]}").get_config()
+  module, _, arg = CONFIGS[name][0].partition(":")  # "config_file:arg"
+  config = importlib.import_module(f"experiments.configs.{module}").get_config(arg or None)
   if "gan" in config:
     config.gan.unroll_critic = spec.get("critic_loop") == "unrolled"
   config.conv_impl = spec.get("conv_impl") or "auto"
@@ -162,6 +173,8 @@ def _batches(name: str, config, shape, n_critic: int) -> list[np.ndarray]:
   size = (n_critic, config.batch_size, *shape)
   if name == "vae":  # Binary images, as dSprites.
     return [(rng.random(size) < 0.1).astype(np.float32) for _ in range(POOL)]
+  if name.startswith("resnet"):  # 8-bit images, as the dequantisation expects.
+    return [(rng.integers(0, 256, size) / 127.5 - 1).astype(np.float32) for _ in range(POOL)]
   return [rng.standard_normal(size, dtype=np.float32) for _ in range(POOL)]
 
 
@@ -235,6 +248,8 @@ def _torch_step(spec: dict) -> dict:
   ]
   if config.model == "vae":
     pool = [(b > 1.28).float() for b in pool]  # Binary, about 10 % ones, as dSprites.
+  if name.startswith("resnet"):  # 8-bit images, as the dequantisation expects.
+    pool = [torch.randint(0, 256, b.shape, generator=gen) / 127.5 - 1 for b in pool]
   for i in range(spec["warmup"]):
     peer.step(pool[i % POOL])
   t0 = time.perf_counter()

@@ -66,10 +66,81 @@ class DCGANCritic(nn.Module):
     return self.fc(x.flatten(1))
 
 
+def _up(x: torch.Tensor) -> torch.Tensor:
+  return nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+
+
+class ResBlock(nn.Module):
+  """``gen_models.nn.ResidualBlock``: pre-activation block, ``resample`` None, "up" or "down",
+  batch norm or none; 1×1 shortcut (after up-sampling / before mean-pooling) or the identity."""
+
+  def __init__(self, c_in: int, c_out: int, resample: str | None, normalize: bool):
+    super().__init__()
+    self.resample = resample
+    mid = c_in if resample == "down" else c_out
+    norm = lambda c: nn.BatchNorm2d(c, momentum=0.1) if normalize else nn.Identity()
+    self.norm1, self.conv1 = norm(c_in), nn.Conv2d(c_in, mid, 3, padding=1)
+    self.norm2, self.conv2 = norm(mid), nn.Conv2d(mid, c_out, 3, padding=1)
+    self.shortcut = nn.Conv2d(c_in, c_out, 1) if resample or c_in != c_out else None
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    if self.resample == "up":
+      s = self.shortcut(_up(x))
+    elif self.resample == "down":
+      s = nn.functional.avg_pool2d(self.shortcut(x), 2)
+    else:
+      s = x if self.shortcut is None else self.shortcut(x)
+    h = torch.relu(self.norm1(x))
+    h = self.conv1(_up(h) if self.resample == "up" else h)
+    h = self.conv2(torch.relu(self.norm2(h)))
+    return s + (nn.functional.avg_pool2d(h, 2) if self.resample == "down" else h)
+
+
+class ResNetGenerator(nn.Module):
+  """``gen_models.models.wgan_gp_resnet.ResNetGenerator``: z → 4×4×d → 3 up blocks → BN, ReLU,
+  3×3 conv → tanh."""
+
+  def __init__(self, latent: int, dim: int, channels: int):
+    super().__init__()
+    self.dim = dim
+    self.fc = nn.Linear(latent, 4 * 4 * dim)
+    self.blocks = nn.Sequential(*(ResBlock(dim, dim, "up", True) for _ in range(3)))
+    self.bn = nn.BatchNorm2d(dim, momentum=0.1)
+    self.out = nn.Conv2d(dim, channels, 3, padding=1)
+
+  def forward(self, z: torch.Tensor) -> torch.Tensor:
+    x = self.blocks(self.fc(z).view(-1, self.dim, 4, 4))
+    return torch.tanh(self.out(torch.relu(self.bn(x))))
+
+
+class ResNetCritic(nn.Module):
+  """``gen_models.models.wgan_gp_resnet.ResNetCritic`` (unconditional): optimised block, down
+  block, two plain blocks, ReLU, global mean pool, linear."""
+
+  def __init__(self, dim: int, channels: int):
+    super().__init__()
+    self.shortcut = nn.Conv2d(channels, dim, 1)
+    self.conv1 = nn.Conv2d(channels, dim, 3, padding=1)
+    self.conv2 = nn.Conv2d(dim, dim, 3, padding=1)
+    blocks = [ResBlock(dim, dim, "down", False)]
+    blocks += [ResBlock(dim, dim, None, False) for _ in range(2)]
+    self.blocks = nn.Sequential(*blocks)
+    self.fc = nn.Linear(dim, 1)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    pool = lambda t: nn.functional.avg_pool2d(t, 2)
+    h = pool(self.conv2(torch.relu(self.conv1(x))))
+    x = self.blocks(self.shortcut(pool(x)) + h)
+    return self.fc(torch.relu(x).mean(dim=(2, 3)))
+
+
 class WGANGP:
   """One WGAN-GP train step as ``gen_models.models.wgan_gp.train_step``: ``n_critic`` critic
   updates ``L_D = E D(x̃) − E D(x) + λ E(‖∇D(x̂)‖ − 1)²`` (one real batch each), then one
-  generator update ``L_G = −E D(G(z))``; Adam for both."""
+  generator update ``L_G = −E D(G(z))``; Adam for both. With the ResNet nets also the
+  dequantisation of the real images and the generator's own batch size (the learning-rate
+  decay, a scalar per step, is left out). Always float32: the peer runs on the CPU, where
+  bfloat16 autocast made one ResNet step take minutes (2026-11-26, batch 8, one thread)."""
 
   def __init__(self, config, example_shape: tuple[int, ...], seed: int = 0):
     torch.manual_seed(seed)
@@ -79,9 +150,14 @@ class WGANGP:
       d = example_shape[0]
       self.gen = _mlp(gan.latent_dim, gan.mlp_width, gan.mlp_depth, d)
       self.critic = _mlp(d, gan.mlp_width, gan.mlp_depth, 1)
+    elif gan.architecture == "resnet":
+      self.gen = ResNetGenerator(gan.latent_dim, gan.resnet_dim, example_shape[-1])
+      self.critic = ResNetCritic(gan.resnet_dim, example_shape[-1])
     else:
       self.gen = DCGANGenerator(gan.latent_dim, gan.dcgan_dim, example_shape[-1])
       self.critic = DCGANCritic(gan.dcgan_dim, example_shape[-1])
+    self.gen_batch = gan.get("generator_batch_size", 0)
+    self.dequantize = gan.get("dequantize", False)
     betas = (opt.b1, opt.b2)
     self.g_opt = torch.optim.Adam(self.gen.parameters(), lr=opt.learning_rate, betas=betas)
     self.c_opt = torch.optim.Adam(self.critic.parameters(), lr=opt.learning_rate, betas=betas)
@@ -94,6 +170,8 @@ class WGANGP:
     """``batch``: real data ``(n_critic, B, *example_shape)`` in PyTorch's layout."""
     n_critic, b = batch.shape[:2]
     for real in batch:
+      if self.dequantize:  # k/127.5 − 1 → (k + u)/128 − 1.
+        real = (torch.round((real + 1) * 127.5) + torch.rand_like(real)) / 128 - 1
       with torch.no_grad():
         fake = self.gen(torch.randn(b, self.latent))
       eps = torch.rand(b, *([1] * (real.dim() - 1)))
@@ -105,7 +183,7 @@ class WGANGP:
       self.c_opt.zero_grad(set_to_none=True)
       loss.backward()
       self.c_opt.step()
-    g_loss = -self.critic(self.gen(torch.randn(b, self.latent))).mean()
+    g_loss = -self.critic(self.gen(torch.randn(self.gen_batch or b, self.latent))).mean()
     self.g_opt.zero_grad(set_to_none=True)
     g_loss.backward()
     self.g_opt.step()

@@ -28,6 +28,7 @@ RESUMABLE_KEYS = (
   "eval.extractor",
   "eval.inception_weights",
   "eval.nearest_k",
+  "eval.final_num_samples",
   "dataset.data_dir",
   "conv_impl",  # Same function, only the round-off differs: a run may move between backends.
 )
@@ -67,6 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.extractor = "auto"  # auto: Inception for images, identity for points.
   c.eval.inception_weights = ""  # "" = $GEN_MODELS_INCEPTION_WEIGHTS or the cache path.
   c.eval.nearest_k = 0  # k of precision/recall/density/coverage; 0 = the papers' 3 and 5.
+  # Samples of the evaluation at the last step (e.g. the papers' 50,000); 0: eval.num_samples.
+  c.eval.final_num_samples = 0
   return c
 
 

@@ -30,6 +30,9 @@ class TrainState(flax.struct.PyTreeNode):
       ``{"generator": {"batch_stats": ...}}``; an empty dict for a component without any.
     rng: a typed PRNG key (``jax.random.key``); per-step keys are ``fold_in(rng, step)``.
     tx: ``{optimizer_name: optax.GradientTransformation}``; static, not saved.
+    ema_params: ``{component: params}``, an exponential moving average of those components'
+      parameters (:func:`ema_update`), e.g. ``{"generator": ...}``; ``{}`` (the default) when
+      no component is averaged. Saved and restored with the rest.
   """
 
   step: jax.Array
@@ -38,6 +41,7 @@ class TrainState(flax.struct.PyTreeNode):
   model_state: dict[str, PyTree]
   rng: jax.Array
   tx: dict[str, optax.GradientTransformation] = flax.struct.field(pytree_node=False)
+  ema_params: dict[str, PyTree] = flax.struct.field(default_factory=dict)
 
   @classmethod
   def create(
@@ -48,6 +52,7 @@ class TrainState(flax.struct.PyTreeNode):
     rng: jax.Array,
     model_state: dict[str, PyTree] | None = None,
     opt_params: dict[str, PyTree] | None = None,
+    ema: tuple[str, ...] = (),
   ) -> TrainState:
     """Builds step-0 state.
 
@@ -58,6 +63,7 @@ class TrainState(flax.struct.PyTreeNode):
       model_state: mutable collections by component (default: ``{}`` for each component).
       opt_params: for optimizers that do not map one-to-one to components, the parameter
         subtree each optimizer updates (same keys as ``tx``).
+      ema: components whose parameters get a moving average, starting at their initial values.
     """
     opt_params = opt_params if opt_params is not None else {k: params[k] for k in tx}
     if set(opt_params) != set(tx):
@@ -69,6 +75,7 @@ class TrainState(flax.struct.PyTreeNode):
       model_state=model_state if model_state is not None else {k: {} for k in params},
       rng=rng,
       tx=tx,
+      ema_params={k: params[k] for k in ema},
     )
 
   def step_key(self) -> jax.Array:
@@ -82,6 +89,11 @@ def apply_gradients(
   """One optax update; returns ``(new_params, new_opt_state)``."""
   updates, opt_state = tx.update(grads, opt_state, params)
   return optax.apply_updates(params, updates), opt_state
+
+
+def ema_update(ema: PyTree, params: PyTree, decay: float) -> PyTree:
+  """``decay · ema + (1 − decay) · params``, leafwise (in the leaves' dtype)."""
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
 
 
 def tree_all_finite(tree: PyTree) -> jax.Array:

@@ -122,7 +122,7 @@ class _Outputs:
     self._examples = None
     self.metrics = evaluate_lib.parse_metrics(config.eval.metrics)
     self._extract = extract
-    self._real_features = None
+    self._real_features = {}  # By number of samples.
     self._critic = jax.jit(family.critic_values) if family.critic_values else None
     self._w1_floor = None
 
@@ -171,15 +171,14 @@ class _Outputs:
     features, logits = self._extract(samples)
     return evaluate_lib.Features(features=features, logits=logits)
 
-  def sample_metrics(self, state) -> dict[str, float]:
-    """``eval.metrics`` of ``eval.num_samples`` samples vs as many held-out real examples."""
-    n = self.config.eval.num_samples
-    if self._real_features is None:  # Constant for the run: extracted once.
-      self._real_features = self._features(self.dataset.reference(n))
+  def sample_metrics(self, state, n: int) -> dict[str, float]:
+    """``eval.metrics`` of ``n`` samples vs as many held-out real examples (at most all)."""
+    if n not in self._real_features:  # Constant for the run: extracted once.
+      self._real_features[n] = self._features(self.dataset.reference(n))
     key = jax.random.fold_in(self.key, 1)
     fake = sample_chunks(self._sample, state, key, n, min(n, self.config.batch_size))
     results = evaluate_lib.compute(
-      self._real_features,
+      self._real_features[n],
       self._features(fake),
       self.metrics,
       nearest_k=self.config.eval.nearest_k or None,
@@ -187,10 +186,13 @@ class _Outputs:
     )
     return {k: v for k, v in results.items() if not k.startswith(("num_", "nearest_k"))}
 
-  def evaluate(self, step: int, state) -> dict[str, float]:
+  def evaluate(self, step: int, state, final: bool = False) -> dict[str, float]:
+    """The family's evaluation and ``eval.metrics``; on ``eval.final_num_samples`` samples when
+    ``final`` and that is set, else on ``eval.num_samples``."""
     results = self.family.evaluate(state, self.key, self.reference())
     if self.metrics:
-      results.update(self.sample_metrics(state))
+      n = self.config.eval.num_samples
+      results.update(self.sample_metrics(state, final and self.config.eval.final_num_samples or n))
     return {f"eval/{k}": float(v) for k, v in results.items()}
 
 
@@ -210,6 +212,11 @@ def metric_extractor(config, kind: str):
     raise UserError(
       f"eval.metrics {','.join(metrics)} need eval.num_samples >= {needed}, "
       f"got {config.eval.num_samples}"
+    )
+  if config.eval.final_num_samples and config.eval.final_num_samples < needed:
+    raise UserError(
+      f"eval.final_num_samples must be 0 (= eval.num_samples) or >= {needed}, "
+      f"got {config.eval.final_num_samples}"
     )
   extract = extractors.for_samples(
     config.eval.extractor,
@@ -359,7 +366,7 @@ def train(
       if _due(step, config.sample_every_steps, total):
         outputs.write_samples(step, state)
       if _due(step, config.eval_every_steps, total):
-        results = outputs.evaluate(step, state)
+        results = outputs.evaluate(step, state, final=step == total)
         if results:
           info(f"eval at step {step}: {json.dumps(results)}")
           writer.scalars(step, results)

@@ -25,6 +25,7 @@ def test_config_list_is_complete():
     "beta_vae_dsprites",
     "vae_dsprites",
     "wgan_gp_cifar10",
+    "wgan_gp_cifar10_resnet",
     "wgan_gp_mnist",
     "wgan_gp_toy",
   ]
@@ -52,12 +53,20 @@ def test_toy_smoke(arg, tmp_path):
   assert {"eval/w1", "eval/w1_noise_floor", "eval/w1_ratio"} <= set(final)
 
 
-@pytest.mark.parametrize("name", ["wgan_gp_cifar10", "wgan_gp_mnist"])
-def test_image_smoke(name, tmp_path):
-  config, _ = _smoke(name, "smoke", tmp_path)
-  assert config.gan.architecture == "dcgan"
+@pytest.mark.parametrize(
+  ("name", "arg"),
+  [
+    ("wgan_gp_cifar10", "smoke"),
+    ("wgan_gp_mnist", "smoke"),
+    ("wgan_gp_cifar10_resnet", "smoke"),  # :conditional,smoke: tests/test_wgan_gp_resnet.py.
+  ],
+)
+def test_image_smoke(name, arg, tmp_path):
+  config, final = _smoke(name, arg, tmp_path)
+  assert config.gan.architecture == ("resnet" if name.endswith("resnet") else "dcgan")
+  assert ("classifier_loss" in final) == config.gan.conditional
   _, family, state = trainer.load_run(str(tmp_path / name))
-  channels = 3 if name.endswith("cifar10") else 1
+  channels = 3 if "cifar10" in name else 1
   x = np.asarray(family.sample(state, __import__("jax").random.key(0), 2))
   assert x.shape == (2, 32, 32, channels)
   assert np.all(np.abs(x) <= 1.0)

@@ -24,6 +24,26 @@ For a fixed G the optimal discriminator is D*(x) = p_r(x) / (p_r(x) + p_g(x)), i
 log p_r − log p_g, and then L_D = log 4 − 2·JSD(P_r ‖ P_g): the minimax value
 V(D*, G) = −L_D = −log 4 + 2·JSD (Goodfellow et al. 2014, Theorem 1). JSD is symmetric.
 
+AC-GAN (Odena et al. 2017), the conditional variant of the WGAN-GP paper's Table 3
+(``gan.conditional``): the generator takes a class ``y`` too, ``x̃ = G(z, y)``, and the critic
+has an auxiliary classifier head ``C(x)`` (class logits) beside ``D(x)``. With the cross-entropy
+``CE(C(x), y) = −log softmax(C(x))_y``::
+
+    L_D^AC = L_D + s_D · E_(x,y)~P_r[CE(C(x), y)]          (real examples only; s_D = 1)
+    L_G^AC = L_G + s_G · E_z,y~U[CE(C(G(z, y)), y)]        (s_G = 0.1)
+
+as in ``gan_cifar_resnet.py`` of github.com/igul222/improved_wgan_training (the critic's fakes
+use the labels of its real batch; the generator's use uniform random labels). The penalty is
+on ``D`` alone.
+
+Optional, as modern GAN codebases do: real images *dequantised* as in that file
+(``gan.dequantize``: an image ``k/127.5 − 1``, ``k ∈ {0, …, 255}``, becomes ``(k + u)/128 − 1``,
+``u ~ U[0, 1)``), a generator batch larger than the critic's (``gan.generator_batch_size``),
+Adam's learning rate decayed linearly to 0 (``optimizer.decay_steps``), an exponential moving
+average of the generator's parameters used for samples and evaluation (``gan.ema_decay``), and
+bfloat16 computation in the ResNet nets (``gan.compute_dtype``; parameters, optimizer states,
+losses and the penalty's norm stay float32).
+
 One compiled train step runs ``n_critic`` critic updates inside ``lax.scan`` (one real batch
 each), then one generator update.
 """
@@ -40,16 +60,18 @@ import ml_collections
 import numpy as np
 import optax
 
-from gen_models import devices
+from gen_models import data, devices
 from gen_models.config import base_config
 from gen_models.divergences import wasserstein1
 from gen_models.errors import UserError
 from gen_models.models import Family
+from gen_models.models.wgan_gp_resnet import ResNetCritic, ResNetGenerator
 from gen_models.nn import Conv, ConvTranspose, check_impl
-from gen_models.train_state import TrainState, apply_gradients
+from gen_models.train_state import TrainState, apply_gradients, ema_update
 
 LOSSES = ("wgan_gp", "minimax", "non_saturating")
-ARCHITECTURES = ("mlp", "dcgan")
+ARCHITECTURES = ("mlp", "dcgan", "resnet")
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -61,10 +83,21 @@ def default_config() -> ml_collections.ConfigDict:
   c.gan.gp_weight = 10.0  # λ; applied with any loss when > 0.
   c.gan.n_critic = 5  # Critic updates per generator update.
   c.gan.latent_dim = 2
-  c.gan.architecture = "mlp"  # "mlp" (2-D toy data) or "dcgan" (32×32 images).
+  c.gan.architecture = "mlp"  # "mlp" (2-D toy data), "dcgan" or "resnet" (32×32 images).
   c.gan.mlp_width = 512
   c.gan.mlp_depth = 3  # Hidden layers of each MLP.
   c.gan.dcgan_dim = 64  # Channels of the first critic conv; the nets scale it by 1, 2, 4.
+  c.gan.resnet_dim = 128  # Channels of every block of both ResNet nets (the paper's 128).
+  # AC-GAN (resnet only): class-conditional generator + auxiliary classifier on the critic;
+  # needs a dataset with labels (dataset.labels). Scales of the classifier losses s_D, s_G.
+  c.gan.conditional = False
+  c.gan.num_classes = 10
+  c.gan.acgan_scale = 1.0
+  c.gan.acgan_scale_g = 0.1
+  c.gan.generator_batch_size = 0  # Examples per generator update; 0: batch_size.
+  c.gan.dequantize = False  # Real images k/127.5 − 1 → (k + u)/128 − 1, u ~ U[0, 1).
+  c.gan.ema_decay = 0.0  # EMA of the generator's parameters for samples and eval; 0: off.
+  c.gan.compute_dtype = "float32"  # Of the resnet nets: "float32" or "bfloat16".
   # Unroll the n_critic loop (lax.scan unroll=n_critic): same numbers, longer compile. XLA:CPU
   # runs convolutions inside a loop body far more slowly (jax-ml/jax#12868): the cifar10 step
   # took 12× longer as a rolled scan (experiments/bench_train.py, docs/BENCHMARKS.md).
@@ -74,6 +107,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.b1 = 0.0
   c.optimizer.b2 = 0.9
   c.optimizer.critic_learning_rate = ml_collections.config_dict.placeholder(float)  # None: same.
+  # Learning rates decayed linearly to 0 over this many generator steps (0: constant).
+  c.optimizer.decay_steps = 0
   return c
 
 
@@ -147,6 +182,26 @@ def make_networks(
   gan: ml_collections.ConfigDict, shape: Sequence[int], conv_impl: str = "auto"
 ) -> tuple[nn.Module, nn.Module]:
   """``(generator, critic)`` for examples of ``shape``; ``conv_impl`` as ``gen_models.nn.conv``."""
+  if gan.compute_dtype not in COMPUTE_DTYPES:
+    raise UserError(
+      f"unknown gan.compute_dtype {gan.compute_dtype!r}; known: {', '.join(COMPUTE_DTYPES)}"
+    )
+  if gan.architecture != "resnet" and (gan.conditional or gan.compute_dtype != "float32"):
+    raise UserError(
+      "gan.conditional and gan.compute_dtype='bfloat16' need gan.architecture='resnet', "
+      f"got {gan.architecture!r}"
+    )
+  if gan.architecture == "resnet":
+    if tuple(shape[:2]) != (32, 32) or len(shape) != 3:
+      raise UserError(f"gan.architecture='resnet' needs 32×32×C images, got examples {shape}")
+    if gan.conditional and gan.num_classes < 2:
+      raise UserError(f"gan.num_classes must be >= 2, got {gan.num_classes}")
+    classes = gan.num_classes if gan.conditional else 0
+    dtype = COMPUTE_DTYPES[gan.compute_dtype]
+    return (
+      ResNetGenerator(gan.resnet_dim, shape[2], classes, conv_impl, dtype),
+      ResNetCritic(gan.resnet_dim, classes, conv_impl, dtype),
+    )
   if gan.architecture == "mlp":
     if len(shape) != 1:
       raise UserError(f"gan.architecture='mlp' needs vector data, got examples of shape {shape}")
@@ -188,16 +243,52 @@ def generator_loss(fake_logits: jax.Array, loss: str) -> jax.Array:
   raise ValueError(f"unknown loss {loss!r}")
 
 
+def classifier_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """AC-GAN's ``E[CE(C(x), y)] = E[−log softmax(C(x))_y]``; logits ``(B, K)``, labels ``(B,)``."""
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Fraction of ``argmax(logits) == labels``; logits ``(B, K)``, labels ``(B,)``."""
+  return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+
+
 def gradient_penalty(critic_fn: Callable[[jax.Array], jax.Array], x_hat: jax.Array) -> jax.Array:
   """``E_i[(‖∇_x D(x̂_i)‖₂ − 1)²]`` over the batch ``x_hat (B, ...)`` (λ not included).
 
   One backward pass of ``Σ_i D(x̂_i)`` gives every per-example gradient at once, because
-  ``∂/∂x̂_i Σ_j D(x̂_j) = ∇D(x̂_i)`` when ``D`` treats examples independently.
+  ``∂/∂x̂_i Σ_j D(x̂_j) = ∇D(x̂_i)`` when ``D`` treats examples independently. The norm is
+  computed in float32 whatever dtype the critic computes in.
   """
-  grads = jax.grad(lambda x: jnp.sum(critic_fn(x)))(x_hat)
+  grads = jax.grad(lambda x: jnp.sum(critic_fn(x)))(x_hat).astype(jnp.float32)
   sq = jnp.sum(jnp.square(grads.reshape(grads.shape[0], -1)), axis=1)
   norms = jnp.sqrt(sq + 1e-12)  # The tiny offset keeps d‖g‖/dg finite at g = 0.
   return jnp.mean(jnp.square(norms - 1.0))
+
+
+def dequantize(x: jax.Array, key: jax.Array) -> jax.Array:
+  """Images ``x = k/127.5 − 1`` (``k ∈ {0, …, 255}``) → ``(k + u)/128 − 1``, ``u ~ U[0, 1)``
+  per value: uniform noise over each 8-bit bin, in [-1, 1) (``gan_cifar_resnet.py``'s)."""
+  k = jnp.round((x + 1.0) * 127.5)
+  return (k + jax.random.uniform(key, x.shape, x.dtype)) / 128.0 - 1.0
+
+
+def linear_decay(
+  learning_rate: float, steps: int, updates_per_step: int = 1, offset: int = 0
+) -> optax.Schedule:
+  """``count ↦ lr · max(0, 1 − (⌊count / updates_per_step⌋ + offset) / steps)``.
+
+  The reference's linear decay to 0 over ``steps`` generator iterations: its iteration ``i``
+  (from 0) runs ``n_critic`` critic updates at ``lr · (1 − i/steps)`` (``updates_per_step =
+  n_critic``) and, for ``i ≥ 1``, first one generator update at the same rate — the generator's
+  update number ``count`` is at iteration ``count + 1`` (``offset = 1``).
+  """
+
+  def schedule(count):
+    t = count // updates_per_step + offset
+    return learning_rate * jnp.maximum(0.0, 1.0 - t / steps)
+
+  return schedule
 
 
 def interpolate(real: jax.Array, fake: jax.Array, key: jax.Array) -> jax.Array:
@@ -210,18 +301,27 @@ def interpolate(real: jax.Array, fake: jax.Array, key: jax.Array) -> jax.Array:
 # Pure train step, sampling and evaluation.
 
 
-def _generate(generator, params, model_state, z, train: bool):
-  """``G(z)`` and the updated mutable collections (unchanged when ``train`` is False)."""
+def _generate(generator, params, model_state, z, train: bool, labels=None):
+  """``G(z)`` (``G(z, labels)`` for a conditional generator) and the updated mutable collections
+  (unchanged when ``train`` is False)."""
   variables = {"params": params, **model_state}
+  args = (z,) if labels is None else (z, labels)
   if train and model_state:
-    out, updates = generator.apply(variables, z, train=True, mutable=list(model_state))
+    out, updates = generator.apply(variables, *args, train=True, mutable=list(model_state))
     return out, dict(updates)
-  return generator.apply(variables, z, train=train), model_state
+  return generator.apply(variables, *args, train=train), model_state
+
+
+def split_batch(batch: jax.Array | dict[str, jax.Array]) -> tuple[jax.Array, jax.Array | None]:
+  """``(images, labels)`` of a batch: an array (no labels) or ``{"image": ..., "label": ...}``."""
+  if isinstance(batch, dict):
+    return batch["image"], batch.get("label")
+  return batch, None
 
 
 def train_step(
   state: TrainState,
-  batch: jax.Array,
+  batch: jax.Array | dict[str, jax.Array],
   *,
   generator: nn.Module,
   critic: nn.Module,
@@ -229,43 +329,72 @@ def train_step(
   gp_weight: float,
   latent_dim: int,
   unroll: bool = False,
+  num_classes: int = 0,
+  acgan_scale: float = 1.0,
+  acgan_scale_g: float = 0.1,
+  generator_batch_size: int = 0,
+  dequantize_real: bool = False,
+  ema_decay: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """``n_critic`` critic updates (``lax.scan``), then one generator update.
 
   Args:
-    state: the run's state; ``params``/``opt_state`` have ``generator`` and ``critic``.
-    batch: real data ``(n_critic, B, *example_shape)``.
+    state: the run's state; ``params``/``opt_state`` have ``generator`` and ``critic``, and
+      ``ema_params`` has ``generator`` when ``ema_decay`` > 0.
+    batch: real data ``(n_critic, B, *example_shape)``, or ``{"image": that, "label": (n_critic,
+      B) int32}`` (labels are needed when ``num_classes`` > 0, ignored otherwise).
     generator, critic: the flax modules (static).
     loss: one of :data:`LOSSES`; gp_weight: λ; latent_dim: size of ``z``.
     unroll: unroll the critic loop instead of a rolled ``lax.scan`` (same computation).
+    num_classes: > 0 for AC-GAN (conditional generator, critic output ``(B, 1 + K)``);
+      acgan_scale, acgan_scale_g: ``s_D``, ``s_G`` of the module docstring.
+    generator_batch_size: examples of the generator update (0: ``B``).
+    dequantize_real: dequantise the real images (:func:`dequantize`) before the critic sees them.
+    ema_decay: > 0: ``ema_params["generator"] ← d · ema + (1 − d) · params`` after the update.
 
   Returns:
     The new state and scalar metrics (critic metrics averaged over the ``n_critic`` updates).
   """
-  n_critic, batch_size = batch.shape[:2]
+  images, labels = split_batch(batch)
+  conditional = num_classes > 0
+  if not conditional:
+    labels = None
+  elif labels is None:
+    raise ValueError("a conditional (AC-GAN) step needs batches with labels")
+  n_critic, batch_size = images.shape[:2]
   key = state.step_key()
   critic_keys = jax.random.split(jax.random.fold_in(key, 0), n_critic)
   gen_key = jax.random.fold_in(key, 1)
 
   def critic_update(carry, xs):
     critic_params, critic_opt, gen_state = carry
-    real, k = xs
+    real, y, k = xs
     z_key, eps_key = jax.random.split(k)
+    if dequantize_real:
+      real = dequantize(real, jax.random.fold_in(k, 2))
     z = jax.random.normal(z_key, (batch_size, latent_dim))
-    fake, gen_state = _generate(generator, state.params["generator"], gen_state, z, True)
+    fake, gen_state = _generate(generator, state.params["generator"], gen_state, z, True, y)
     fake = jax.lax.stop_gradient(fake)
 
     def loss_fn(p):
-      apply = lambda x: critic.apply({"params": p}, x)[..., 0]
-      real_logits, fake_logits = apply(real), apply(fake)
+      out = lambda x: critic.apply({"params": p}, x)
+      real_out, fake_out = out(real), out(fake)
+      real_logits, fake_logits = real_out[..., 0], fake_out[..., 0]
       base = critic_loss(real_logits, fake_logits, loss)
-      gp = gradient_penalty(apply, interpolate(real, fake, eps_key)) if gp_weight else 0.0
+      d = lambda x: out(x)[..., 0]
+      gp = gradient_penalty(d, interpolate(real, fake, eps_key)) if gp_weight else 0.0
       total = base + gp_weight * gp
-      return total, {
-        "critic_loss": total,
+      metrics = {
         "gradient_penalty": jnp.asarray(gp, jnp.float32),
         "wasserstein": jnp.mean(real_logits) - jnp.mean(fake_logits),
       }
+      if conditional:
+        ce = classifier_loss(real_out[..., 1:], y)
+        total = total + acgan_scale * ce
+        metrics["classifier_loss"] = ce
+        metrics["classifier_accuracy_real"] = accuracy(real_out[..., 1:], y)
+        metrics["classifier_accuracy_fake"] = accuracy(fake_out[..., 1:], y)
+      return total, {"critic_loss": total, **metrics}
 
     grads, metrics = jax.grad(loss_fn, has_aux=True)(critic_params)
     critic_params, critic_opt = apply_gradients(
@@ -275,39 +404,69 @@ def train_step(
 
   carry = (state.params["critic"], state.opt_state["critic"], state.model_state["generator"])
   (critic_params, critic_opt, gen_state), critic_metrics = jax.lax.scan(
-    critic_update, carry, (batch, critic_keys), unroll=n_critic if unroll else 1
+    critic_update, carry, (images, labels, critic_keys), unroll=n_critic if unroll else 1
   )
 
-  z = jax.random.normal(gen_key, (batch_size, latent_dim))
+  gen_batch = generator_batch_size or batch_size
+  z = jax.random.normal(gen_key, (gen_batch, latent_dim))
+  gen_labels = None
+  if conditional:
+    gen_labels = jax.random.randint(jax.random.fold_in(gen_key, 1), (gen_batch,), 0, num_classes)
 
   def gen_loss_fn(p):
-    fake, new_gen_state = _generate(generator, p, gen_state, z, True)
-    logits = critic.apply({"params": critic_params}, fake)[..., 0]
-    return generator_loss(logits, loss), new_gen_state
+    fake, new_gen_state = _generate(generator, p, gen_state, z, True, gen_labels)
+    out = critic.apply({"params": critic_params}, fake)
+    g_loss = generator_loss(out[..., 0], loss)
+    aux = {}
+    if conditional:
+      aux["generator_classifier_loss"] = classifier_loss(out[..., 1:], gen_labels)
+      g_loss = g_loss + acgan_scale_g * aux["generator_classifier_loss"]
+    return g_loss, (new_gen_state, aux)
 
-  (g_loss, gen_state), g_grads = jax.value_and_grad(gen_loss_fn, has_aux=True)(
+  (g_loss, (gen_state, g_aux)), g_grads = jax.value_and_grad(gen_loss_fn, has_aux=True)(
     state.params["generator"]
   )
   gen_params, gen_opt = apply_gradients(
     state.tx["generator"], state.params["generator"], state.opt_state["generator"], g_grads
   )
+  ema_params = state.ema_params
+  if ema_decay > 0:
+    ema_params = {"generator": ema_update(ema_params["generator"], gen_params, ema_decay)}
   new_state = state.replace(
     step=state.step + 1,
     params={"generator": gen_params, "critic": critic_params},
     opt_state={"generator": gen_opt, "critic": critic_opt},
     model_state={**state.model_state, "generator": gen_state},
+    ema_params=ema_params,
   )
   metrics = {k: jnp.mean(v) for k, v in critic_metrics.items()}
   metrics["generator_loss"] = g_loss
+  metrics.update(g_aux)
   return new_state, metrics
 
 
 def sample(
-  state: TrainState, rng: jax.Array, num: int, *, generator: nn.Module, latent_dim: int
+  state: TrainState,
+  rng: jax.Array,
+  num: int,
+  *,
+  generator: nn.Module,
+  latent_dim: int,
+  num_classes: int = 0,
+  use_ema: bool = False,
 ) -> jax.Array:
-  """``num`` samples ``G(z)``, ``z ~ N(0, I)``, in eval mode → ``(num, *example_shape)``."""
+  """``num`` samples ``G(z)``, ``z ~ N(0, I)``, in eval mode → ``(num, *example_shape)``.
+
+  A conditional generator gets uniform random classes (as the reference's Inception-score
+  samples); ``use_ema``: the moving average of the generator's parameters (with the batch-norm
+  running statistics of the trained generator).
+  """
   z = jax.random.normal(rng, (num, latent_dim))
-  out, _ = _generate(generator, state.params["generator"], state.model_state["generator"], z, False)
+  labels = None
+  if num_classes:
+    labels = jax.random.randint(jax.random.fold_in(rng, 1), (num,), 0, num_classes)
+  params = state.ema_params["generator"] if use_ema else state.params["generator"]
+  out, _ = _generate(generator, params, state.model_state["generator"], z, False, labels)
   return out
 
 
@@ -325,10 +484,14 @@ def init(
   example_shape: tuple[int, ...],
   latent_dim: int,
   tx: dict[str, optax.GradientTransformation],
+  num_classes: int = 0,
+  ema: bool = False,
 ) -> TrainState:
-  """Step-0 state: both networks initialised from ``rng``; the run key is derived from it."""
+  """Step-0 state: both networks initialised from ``rng``; the run key is derived from it.
+  ``ema``: ``ema_params["generator"]`` starts at the generator's initial parameters."""
   g_key, c_key, run_key = jax.random.split(rng, 3)
-  g_vars = generator.init(g_key, jnp.zeros((1, latent_dim)), train=False)
+  g_args = (jnp.zeros((1, latent_dim)),) + ((jnp.zeros((1,), jnp.int32),) if num_classes else ())
+  g_vars = generator.init(g_key, *g_args, train=False)
   c_vars = critic.init(c_key, jnp.zeros((1, *example_shape)), train=False)
   g_params = g_vars["params"]
   g_state = {k: v for k, v in g_vars.items() if k != "params"}
@@ -337,6 +500,7 @@ def init(
     tx=tx,
     rng=run_key,
     model_state={"generator": g_state, "critic": {}},
+    ema=("generator",) if ema else (),
   )
 
 
@@ -370,15 +534,41 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
     raise UserError(f"unknown gan.loss {gan.loss!r}; known: {', '.join(LOSSES)}")
   if gan.n_critic < 1:
     raise UserError(f"gan.n_critic must be >= 1, got {gan.n_critic}")
+  if gan.generator_batch_size < 0 or opt.decay_steps < 0 or not 0 <= gan.ema_decay < 1:
+    raise UserError(
+      "need gan.generator_batch_size >= 0, optimizer.decay_steps >= 0 and 0 <= gan.ema_decay "
+      f"< 1; got {gan.generator_batch_size}, {opt.decay_steps} and {gan.ema_decay}"
+    )
+  if gan.conditional:
+    classes = data.num_classes(config)  # None without labels; raises for an unlabelled set.
+    if classes is None:
+      raise UserError("gan.conditional needs a dataset with labels: set dataset.labels=True")
+    if classes != gan.num_classes:
+      raise UserError(
+        f"gan.num_classes is {gan.num_classes} but dataset {config.dataset.name!r} has "
+        f"{classes} classes"
+      )
   generator, critic = make_networks(gan, example_shape, check_impl(config.conv_impl))
+  num_classes = gan.num_classes if gan.conditional else 0
   critic_lr = (
     opt.critic_learning_rate if opt.critic_learning_rate is not None else opt.learning_rate
   )
+  g_lr, c_lr = opt.learning_rate, critic_lr
+  if opt.decay_steps:
+    g_lr = linear_decay(opt.learning_rate, opt.decay_steps, 1, offset=1)
+    c_lr = linear_decay(critic_lr, opt.decay_steps, gan.n_critic)
   tx = {
-    "generator": optax.adam(opt.learning_rate, b1=opt.b1, b2=opt.b2),
-    "critic": optax.adam(critic_lr, b1=opt.b1, b2=opt.b2),
+    "generator": optax.adam(g_lr, b1=opt.b1, b2=opt.b2),
+    "critic": optax.adam(c_lr, b1=opt.b1, b2=opt.b2),
   }
-  sample_fn = functools.partial(sample, generator=generator, latent_dim=gan.latent_dim)
+  ema = gan.ema_decay > 0
+  sample_fn = functools.partial(
+    sample,
+    generator=generator,
+    latent_dim=gan.latent_dim,
+    num_classes=num_classes,
+    use_ema=ema,
+  )
   jitted_sample = jax.jit(sample_fn, static_argnums=2)
   num_eval = config.eval.num_samples if len(example_shape) == 1 else 0
   return Family(
@@ -389,6 +579,8 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
       example_shape=tuple(example_shape),
       latent_dim=gan.latent_dim,
       tx=tx,
+      num_classes=num_classes,
+      ema=ema,
     ),
     train_step=functools.partial(
       train_step,
@@ -398,6 +590,12 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
       gp_weight=float(gan.gp_weight),
       latent_dim=gan.latent_dim,
       unroll=gan.unroll_critic,
+      num_classes=num_classes,
+      acgan_scale=float(gan.acgan_scale),
+      acgan_scale_g=float(gan.acgan_scale_g),
+      generator_batch_size=gan.generator_batch_size,
+      dequantize_real=gan.dequantize,
+      ema_decay=float(gan.ema_decay),
     ),
     sample=sample_fn,
     evaluate=functools.partial(evaluate, sample_fn=jitted_sample, num_samples=num_eval),

@@ -2,8 +2,28 @@
 
 ``conv``: 2-D ``Conv`` / ``ConvTranspose`` with flax's parameters, computed without input-dilated
 convolutions on CPU (space-to-depth / depth-to-space); ``conv_impl`` config key.
+``resnet``: pre-activation residual blocks (up / down / plain), the ResNet critic's first block,
+mean pooling, nearest-neighbour up-sampling and class-conditional batch norm.
 """
 
 from gen_models.nn.conv import IMPLS, Conv, ConvTranspose, check_impl, resolve_impl
+from gen_models.nn.resnet import (
+  ConditionalBatchNorm,
+  OptimizedBlock,
+  ResidualBlock,
+  mean_pool,
+  upsample_nearest,
+)
 
-__all__ = ["IMPLS", "Conv", "ConvTranspose", "check_impl", "resolve_impl"]
+__all__ = [
+  "IMPLS",
+  "ConditionalBatchNorm",
+  "Conv",
+  "ConvTranspose",
+  "OptimizedBlock",
+  "ResidualBlock",
+  "check_impl",
+  "mean_pool",
+  "resolve_impl",
+  "upsample_nearest",
+]
