@@ -67,8 +67,10 @@ class _PeerWatch:
   runtime's key-value store and reads the others'. A peer whose counter has not moved for
   ``timeout`` seconds (SIGKILL, a dead host) is lost; so is one that wrote ``failed``; a failed
   call to the store means the coordinator (process 0) is gone. Peers that wrote ``done`` have
-  left the loop normally. The survivors would otherwise wait in their next collective until
-  JAX's heartbeat timeout aborts them with a fatal log and stack trace.
+  left the loop normally; a peer not yet seen (still starting) is not judged — should it die
+  before its first beat, JAX's heartbeat timeout (2 × timeout) ends the run. Without the watch
+  the survivors would wait in their next collective until JAX's heartbeat timeout aborts them
+  with a fatal log and a stack trace.
   """
 
   def __init__(self, timeout: float):
@@ -117,7 +119,7 @@ class _PeerWatch:
           self._lost(f"process {p} of {self.n} {value}")
         if value != last:
           seen[p] = (value, now)
-        elif now - since > self.timeout and not self._stop.is_set():
+        elif value is not None and now - since > self.timeout and not self._stop.is_set():
           self._lost(
             f"process {p} of {self.n} was lost (no sign of life for {self.timeout:g} s: "
             "killed, crashed or its host is down)"
@@ -126,6 +128,11 @@ class _PeerWatch:
   def __enter__(self) -> _PeerWatch:
     self._thread.start()
     return self
+
+  def await_lost_peer(self) -> None:
+    """Called when a collective failed (gloo raises at once when a peer's socket closes): waits
+    up to 1.5 × timeout for the watch to name the lost process and exit; returns if it doesn't."""
+    self._thread.join(1.5 * self.timeout)
 
   def __exit__(self, exc_type, exc, tb) -> None:
     self._stop.set()
@@ -136,14 +143,20 @@ class _PeerWatch:
       self.client.key_value_set(self._key(self.me), state.splitlines()[0], allow_overwrite=True)
 
 
-def watch_peers(timeout: float | None = None):
-  """``with watch_peers():`` a lost process ends this one within ``timeout`` (+10%) seconds.
+class _NoPeers(contextlib.nullcontext):
+  def await_lost_peer(self) -> None:
+    pass
 
-  A no-op context in a one-process run. ``timeout`` defaults to the ``peer_timeout_s`` given to
+
+def watch_peers(timeout: float | None = None):
+  """``with watch_peers() as w:`` a lost process ends this one within ``timeout`` (+10%) seconds
+  with one ``error:`` line naming it; call ``w.await_lost_peer()`` when a collective fails.
+
+  A no-op in a one-process run. ``timeout`` defaults to the ``peer_timeout_s`` given to
   :func:`initialize_distributed`.
   """
   if jax.process_count() == 1:
-    return contextlib.nullcontext()
+    return _NoPeers()
   return _PeerWatch(timeout or _peer_timeout_s)
 
 

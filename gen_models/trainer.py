@@ -410,6 +410,8 @@ def train(
     return last
   except BaseException as e:
     error = e
+    if isinstance(e, jax.errors.JaxRuntimeError):
+      peers.await_lost_peer()  # A failed collective: if a peer is gone, exits naming it.
     raise
   finally:
     try:
