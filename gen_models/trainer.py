@@ -1,7 +1,10 @@
 """The one training loop of every model family.
 
-    mesh → dataset → family → state (restored if a checkpoint exists, else initialised sharded)
-    → loop: data → compiled step → metrics → samples / eval → checkpoint → final checkpoint
+    mesh → dataset → family → workdir lock → state (the newest intact checkpoint, else
+    initialised sharded) → loop: data → compiled step → metrics → samples / eval → checkpoint
+    → final checkpoint; a SIGTERM / SIGINT ends the loop with a checkpoint at the step every
+    process agrees on (:mod:`gen_models.preemption`), a lost peer process ends it with one line
+    (:func:`gen_models.devices.watch_peers`).
 
 Everything family-specific comes from :class:`gen_models.models.Family`. The compiled step is
 the family's pure ``train_step`` wrapped with a finiteness check, ``jax.jit`` with state
