@@ -452,24 +452,20 @@ def _sweep_rows(name: str, tmp: str) -> list[dict]:
     spec.update(batch_size=_BATCH_SIZE.value, conv_impl=None, critic_loop=None, devices=n)
     flags_env = os.environ.get("XLA_FLAGS", "")
     env = {"XLA_FLAGS": f"{flags_env} --xla_force_host_platform_device_count={n}"} if fake else {}
-    result = _spawn(spec, tmp, env)
+    row = {"config": name, "devices": n, "fake": fake, "timed_steps": steps}
+    try:
+      result = _spawn(spec, tmp, env)
+    except UserError as e:  # Fake devices on few cores can abort in XLA:CPU's all-reduce.
+      rows.append({**row, "error": str(e), "examples_per_s": None})
+      continue
     rate = result["n_critic"] * result["batch"] * steps / result["timed_s"]
-    rows.append(
-      {
-        "config": name,
-        "devices": n,
-        "fake": fake,
-        "batch": result["batch"],
-        "compile_s": result["compile_s"],
-        "examples_per_s": rate,
-        "timed_steps": steps,
-        "timed_s": result["timed_s"],
-        "loadavg_1m": result["loadavg_1m"],
-      }
-    )
-  for r in rows:  # Against the first row (1 device in the default sweep).
-    r["speedup"] = r["examples_per_s"] / rows[0]["examples_per_s"]
-    r["efficiency"] = r["speedup"] * rows[0]["devices"] / r["devices"]
+    row.update(batch=result["batch"], compile_s=result["compile_s"], examples_per_s=rate)
+    rows.append({**row, "timed_s": result["timed_s"], "loadavg_1m": result["loadavg_1m"]})
+  base = rows[0] if rows and rows[0]["examples_per_s"] else None  # The first count's row.
+  for r in rows:
+    if base and r["examples_per_s"]:
+      r["speedup"] = r["examples_per_s"] / base["examples_per_s"]
+      r["efficiency"] = r["speedup"] * base["devices"] / r["devices"]
   return rows
 
 
