@@ -113,6 +113,9 @@ def garble(step_dir):
   assert n > 0
 
 
+# Orbax's failed reads of a garbled step end in "Event loop is closed" errors raised where
+# nothing can catch them; the entry points drop them (experiments/cli.py), pytest reports them.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_sigterm_saves_at_its_step_resumes_bit_exactly_and_bad_checkpoints_fall_back(
   tmp_path, cache_env, monkeypatch, caplog
 ):
