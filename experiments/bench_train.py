@@ -2,7 +2,7 @@ r"""Benchmark of the compiled train steps against their PyTorch eager peers (not
 
     python -m experiments.bench_train [--configs=toy,cifar10] [--steps=N] [--warmup=N] \
         [--batch_size=B] [--conv_impls=subpixel,xla] [--critic_loops=scan,unrolled] \
-        [--torch] [--layers] [--output=bench_train.json]
+        [--torch] [--layers] [--device_sweep=1,2,4,8] [--output=bench_train.json]
 
 **Steps.** For each config: the family's ``train_step`` jitted exactly as the trainer does (state
 replicated, batch ``(n_critic, B, *shape)`` split over ``data`` on axis 1, state donated), with
@@ -30,6 +30,15 @@ the devices before timing, so the numbers are of the step alone, without the inp
 and the kernel) of every stride-2 conv shape of the DCGAN and β-VAE nets at batch 64, for
 each conv formulation of ``gen_models.nn.conv`` and ``torch.nn.Conv2d`` /
 ``ConvTranspose2d``; ``ratio`` = PyTorch's time over the row's.
+
+**Device sweep** (``--device_sweep=1,2,4,8``): the JAX step of each config (its default
+``conv_impl`` and critic loop, the config's global batch) on 1, 2, 4 and 8 devices, with
+``speedup`` = examples/s over the 1-device row's and ``efficiency`` = speedup / devices. On CPU
+these are fake devices (``--xla_force_host_platform_device_count=n`` in the worker): they share
+the same cores, so the ideal there is a speedup of 1 (efficiency 1/n), and the sweep measures
+what sharding costs (per-device dispatch, the all-reduce of the gradients, smaller per-device
+matmuls), not how the step scales; on GPU or TPU counts above the real devices are skipped.
+docs/BENCHMARKS.md says what each kind of number can and cannot show.
 
 Every measurement runs in a fresh process (``--_worker``), one after another; each row records
 the 1-minute load average, as the machines are shared. Prints tables and writes JSON with the
@@ -110,6 +119,11 @@ _TORCH_THREADS = flags.DEFINE_integer(
 )
 _LAYERS = flags.DEFINE_bool("layers", True, "Time every conv shape of the DCGAN and VAE nets too.")
 _LAYER_REPEATS = flags.DEFINE_integer("layer_repeats", 5, "Timed repeats per layer (min taken).")
+_SWEEP = flags.DEFINE_list(
+  "device_sweep",
+  ["1", "2", "4", "8"],
+  "Device counts of the scaling sweep (fake devices on CPU); empty: no sweep.",
+)
 _OUTPUT = flags.DEFINE_string("output", "bench_train.json", "Where to write the JSON results.")
 _WORKER = flags.DEFINE_string("_worker", None, "Internal: one measurement (a JSON spec).")
 _RESULT = flags.DEFINE_string("_result", None, "Internal: where the worker writes its JSON.")
@@ -133,6 +147,17 @@ STEP_COLUMNS = (
   ("ratio", lambda v: f"{v:.2f}"),
   ("loadavg_1m", lambda v: f"{v:.1f}"),
 )
+SWEEP_COLUMNS = (
+  ("config", str),
+  ("devices", str),
+  ("fake", str),
+  ("batch", str),
+  ("compile_s", lambda v: f"{v:.2f}"),
+  ("examples_per_s", _rate),
+  ("speedup", lambda v: f"{v:.2f}"),
+  ("efficiency", lambda v: f"{v:.2f}"),
+  ("loadavg_1m", lambda v: f"{v:.1f}"),
+)
 LAYER_COLUMNS = (
   ("layer", str),
   ("framework", str),
@@ -154,7 +179,7 @@ def _config(name: str, spec: dict):
 
   module, _, arg = CONFIGS[name][0].partition(":")  # "config_file:arg"
   config = importlib.import_module(f"experiments.configs.{module}").get_config(arg or None)
-  if "gan" in config:
+  if "gan" in config and spec.get("critic_loop") is not None:  # None: the config's own loop.
     config.gan.unroll_critic = spec.get("critic_loop") == "unrolled"
   config.conv_impl = spec.get("conv_impl") or "auto"
   if spec.get("batch_size") is not None:
@@ -347,8 +372,9 @@ def run_worker() -> None:
 # The parent: runs the workers one after another and compares.
 
 
-def _spawn(spec: dict, tmp: str) -> dict:
-  """Runs one worker in a fresh ``python -m experiments.bench_train``; returns its JSON."""
+def _spawn(spec: dict, tmp: str, env: dict | None = None) -> dict:
+  """Runs one worker in a fresh ``python -m experiments.bench_train`` (``env`` added to the
+  environment); returns its JSON."""
   path = os.path.join(tmp, "result.json")
   if os.path.exists(path):
     os.remove(path)
@@ -359,7 +385,7 @@ def _spawn(spec: dict, tmp: str) -> dict:
   print(f"  {label} ...", end="", flush=True)
   load = os.getloadavg()[0]  # Other processes on the cores make wall times longer.
   t0 = time.perf_counter()
-  proc = subprocess.run(argv, cwd=root, env=os.environ.copy(), check=False)
+  proc = subprocess.run(argv, cwd=root, env={**os.environ, **(env or {})}, check=False)
   if proc.returncode != 0:
     print(flush=True)
     raise UserError(f"benchmark worker {label} exited with code {proc.returncode}")
@@ -413,6 +439,48 @@ def _step_rows(name: str, tmp: str) -> list[dict]:
   baseline = next((r["examples_per_s"] for r in rows if r["framework"].startswith("torch")), None)
   for r in rows:
     r["ratio"] = r["examples_per_s"] / baseline if baseline else None
+  return rows
+
+
+def _sweep_counts() -> list[tuple[int, bool]]:
+  """``(devices, fake)`` of ``--device_sweep``: fake CPU devices, or real ones up to the count."""
+  try:
+    counts = [int(n) for n in _SWEEP.value]
+  except ValueError:
+    raise UserError(f"--device_sweep must be device counts, got {_SWEEP.value}") from None
+  if any(n < 1 for n in counts):
+    raise UserError(f"--device_sweep counts must be >= 1, got {_SWEEP.value}")
+  if jax.default_backend() == "cpu":
+    return [(n, True) for n in counts]
+  return [(n, False) for n in counts if n <= len(jax.devices())]
+
+
+def _sweep_rows(name: str, tmp: str) -> list[dict]:
+  """The JAX step of ``name`` on each device count; speedup and efficiency vs the first row."""
+  defaults = CONFIGS[name][2]
+  steps, warmup = defaults.get(jax.default_backend(), defaults["default"])
+  steps = _STEPS.value if _STEPS.value is not None else steps
+  warmup = _WARMUP.value if _WARMUP.value is not None else warmup
+  rows = []
+  for n, fake in _sweep_counts():
+    spec = {"worker": "jax_step", "config": name, "steps": steps, "warmup": warmup}
+    spec.update(batch_size=_BATCH_SIZE.value, conv_impl=None, critic_loop=None, devices=n)
+    flags_env = os.environ.get("XLA_FLAGS", "")
+    env = {"XLA_FLAGS": f"{flags_env} --xla_force_host_platform_device_count={n}"} if fake else {}
+    row = {"config": name, "devices": n, "fake": fake, "timed_steps": steps}
+    try:
+      result = _spawn(spec, tmp, env)
+    except UserError as e:  # Fake devices on few cores can abort in XLA:CPU's all-reduce.
+      rows.append({**row, "error": str(e), "examples_per_s": None})
+      continue
+    rate = result["n_critic"] * result["batch"] * steps / result["timed_s"]
+    row.update(batch=result["batch"], compile_s=result["compile_s"], examples_per_s=rate)
+    rows.append({**row, "timed_s": result["timed_s"], "loadavg_1m": result["loadavg_1m"]})
+  base = rows[0] if rows and rows[0]["examples_per_s"] else None  # The first count's row.
+  for r in rows:
+    if base and r["examples_per_s"]:
+      r["speedup"] = r["examples_per_s"] / base["examples_per_s"]
+      r["efficiency"] = r["speedup"] * base["devices"] / r["devices"]
   return rows
 
 
@@ -472,6 +540,7 @@ def run() -> dict:
       raise UserError("the PyTorch rows need: pip install '.[bench]' (or pass --notorch)") from None
   with tempfile.TemporaryDirectory() as tmp:
     rows = [row for name in _CONFIGS.value for row in _step_rows(name, tmp)]
+    sweep = [row for name in _CONFIGS.value for row in _sweep_rows(name, tmp)]
     layers = _layer_rows(tmp) if _LAYERS.value else []
   return {
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -484,9 +553,11 @@ def run() -> dict:
     "machine": platform.machine(),
     "ratio_definition": (
       "steps: examples_per_s / the PyTorch eager peer's (same config, batch, nets); "
-      "layers: PyTorch's milliseconds / the row's"
+      "layers: PyTorch's milliseconds / the row's; device_sweep: speedup = examples/s over "
+      "the 1-device row's, efficiency = speedup / devices"
     ),
     "rows": rows,
+    "device_sweep": sweep,
     "layers": layers,
   }
 
@@ -504,6 +575,8 @@ def main(argv):
     f"{results['date']}"
   )
   print(format_table(results["rows"], STEP_COLUMNS))
+  if results["device_sweep"]:
+    print(format_table(results["device_sweep"], SWEEP_COLUMNS))
   if results["layers"]:
     print(format_table(results["layers"], LAYER_COLUMNS))
   cli.run_user_errors_as_exit(lambda: cli.write_json(_OUTPUT.value, results))

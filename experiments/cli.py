@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from absl import flags, logging
 
-from gen_models.errors import UserError
+from gen_models.errors import EXIT_ERROR, EXIT_STOPPED, Stopped, UserError
 
 _COORDINATOR = flags.DEFINE_string(
   "coordinator_address", None, "host:port of process 0; set to run multi-process."
@@ -22,19 +22,47 @@ _PROCESS_ID = flags.DEFINE_integer(
 _MULTIHOST = flags.DEFINE_bool(
   "multihost", False, "Join a multi-process run detected from the environment (SLURM, Cloud TPU)."
 )
+_PEER_TIMEOUT = flags.DEFINE_integer(
+  "peer_timeout_s",
+  60,
+  "Multi-process runs: a process silent this long is lost; the others exit with an error line.",
+)
 
 
 class _QuietLibraries(py_logging.Filter):
-  """Drops INFO records of orbax and friends (dozens per checkpoint); warnings still show."""
+  """Drops INFO records of orbax and friends (dozens per checkpoint), and orbax's warnings (a
+  failed restore logs its tracebacks as warnings; our own one-line warning says what failed);
+  other libraries' warnings still show."""
 
   NOISY = ("/orbax/", "/jax/_src/", "/tensorstore/", "/grain/", "/tensorflow_datasets/")
 
   def filter(self, record: py_logging.LogRecord) -> bool:
+    if "/orbax/" in record.pathname or record.name == "asyncio":
+      return record.levelno >= py_logging.ERROR and record.name != "asyncio"
     return record.levelno > py_logging.INFO or not any(s in record.pathname for s in self.NOISY)
+
+
+def _drop_closed_loop_noise(unraisable) -> None:
+  """``sys.unraisablehook`` without the "Event loop is closed" errors of a failed restore.
+
+  When orbax fails to read a garbled checkpoint it closes its event loop while tensorstore still
+  has reads in flight; each completion then raises ``RuntimeError: Event loop is closed`` where
+  nothing can catch it, and Python prints its traceback (hundreds of them). Those are dropped;
+  every other unraisable exception goes to the previous hook.
+  """
+  e = unraisable.exc_value
+  if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+    return
+  _previous_unraisablehook(unraisable)
+
+
+_previous_unraisablehook = sys.unraisablehook
 
 
 def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  py_logging.getLogger("asyncio").addFilter(_QuietLibraries())
+  sys.unraisablehook = _drop_closed_loop_noise
 
 
 def maybe_initialize_distributed() -> None:
@@ -42,7 +70,11 @@ def maybe_initialize_distributed() -> None:
   if _COORDINATOR.value or _MULTIHOST.value:
     from gen_models import devices
 
-    devices.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    run_user_errors_as_exit(
+      lambda: devices.initialize_distributed(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _PEER_TIMEOUT.value
+      )
+    )
 
 
 def _one_line(e: BaseException) -> str:
@@ -60,7 +92,7 @@ def _config_error(e: BaseException) -> str:
 
 def _exit_with(message: str) -> None:
   print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(1)
+  sys.exit(EXIT_ERROR)
 
 
 def config_value(holder: flags.FlagHolder):
@@ -88,12 +120,17 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run_user_errors_as_exit(fn: Callable[[], object]) -> object:
-  """Runs ``fn``; a :class:`UserError` becomes ``error: <message>`` on stderr and exit code 1."""
+  """Runs ``fn``; a :class:`UserError` becomes ``error: <message>`` on stderr and exit code 1,
+  a :class:`Stopped` run its one line on stderr and exit code 75 (``EXIT_STOPPED``)."""
   try:
     return fn()
   except UserError as e:
     logging.flush()
     _exit_with(str(e))
+  except Stopped as e:
+    logging.flush()
+    print(str(e), file=sys.stderr, flush=True)
+    sys.exit(EXIT_STOPPED)
 
 
 def print_results(results: dict, width: int) -> None:

@@ -3,7 +3,9 @@ r"""Train a generative model.
     python -m experiments.main --config=experiments/configs/wgan_gp_toy.py --workdir=/tmp/run \
         [--config.optimizer.learning_rate=3e-4 ...]
 
-Running the same command again resumes from the latest checkpoint in ``--workdir``.
+Running the same command again resumes from the newest intact checkpoint in ``--workdir``.
+SIGTERM / SIGINT save a checkpoint at the current step and exit with code 75 (docs/RUNNING.md,
+"Preemption and failures"); multi-process runs add ``--peer_timeout_s``.
 This file is intentionally thin: the logic is in ``gen_models.trainer``.
 """
 

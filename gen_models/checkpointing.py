@@ -4,6 +4,10 @@ Layout: ``<workdir>/checkpoints/<step>/{state,data}``; ``state`` is the :class:`
 pytree (the typed PRNG key stored as its raw ``uint32`` key data), ``data`` is JSON. Orbax
 writes each step to a temporary directory and renames it when complete, so a run killed
 mid-save leaves the previous checkpoint as the latest.
+
+A step that cannot be restored (missing or garbled files) is skipped for the newest intact one
+(:meth:`Checkpointer.restore_latest`); a writer moves it to ``<workdir>/bad_checkpoints/`` so
+that it is never overwritten nor deleted, readers leave it where it is.
 """
 
 from __future__ import annotations
@@ -11,14 +15,34 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from jax.sharding import Sharding
 
+from gen_models.errors import UserError
+from gen_models.logs import warning
 from gen_models.train_state import TrainState
+
+BAD_DIR = "bad_checkpoints"  # Sibling of the checkpoint directory: where bad steps are moved.
 
 
 def _to_saveable(state: TrainState) -> TrainState:
   return state.replace(rng=jax.random.key_data(state.rng))
+
+
+def _reason(e: BaseException) -> str:
+  """The first line of an exception's message, shortened (orbax's run to hundreds of lines)."""
+  lines = str(e).strip().splitlines()
+  text = lines[0] if lines else type(e).__name__
+  return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _all_agree(ok: bool) -> bool:
+  """True iff ``ok`` on every process (so that all processes take the same branch)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
 
 
 class Checkpointer:
@@ -28,7 +52,7 @@ class Checkpointer:
     directory: where step directories go (absolute or relative to the cwd).
     max_to_keep: keep the newest this many checkpoints.
     async_save: write in a background thread (``wait()`` blocks until done).
-    read_only: only restore; never create, save or delete anything.
+    read_only: only restore; never create, save, move or delete anything.
   """
 
   def __init__(
@@ -40,6 +64,7 @@ class Checkpointer:
     read_only: bool = False,
   ):
     self.directory = os.path.abspath(directory)
+    self.read_only = read_only
     self._manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(
@@ -47,11 +72,15 @@ class Checkpointer:
         enable_async_checkpointing=async_save and not read_only,
         create=not read_only,
         read_only=read_only,
+        save_interval_steps=0 if read_only else 1,
       ),
     )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
 
   def path(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
@@ -79,6 +108,61 @@ class Checkpointer:
     )
     state = out["state"]
     return state.replace(rng=jax.random.wrap_key_data(state.rng)), dict(out["data"])
+
+  def restore_latest(
+    self, abstract_state: TrainState, sharding: Sharding
+  ) -> tuple[int, TrainState, dict] | None:
+    """``(step, state, data_state)`` of the newest step that restores; None if there is no step.
+
+    Steps are tried newest first. A step that fails (missing or garbled files, a half-written
+    step, a restored step number that is not the directory's) gives one warning naming it and
+    why; a writer moves it to ``<workdir>/bad_checkpoints/<step>`` (never deleted), a reader
+    (``read_only``) leaves it. In a multi-process run every process tries the same steps and a
+    step counts as intact only if it restored on every process.
+
+    Raises:
+      UserError: there are steps but none restores; the message lists each step and why.
+    """
+    tried = []
+    for step in reversed(self.all_steps()):
+      error = None
+      try:
+        state, data_state = self.restore(step, abstract_state, sharding)
+        restored_step = int(np.asarray(state.step.addressable_data(0)))
+        if restored_step != step:
+          error = f"it holds step {restored_step}"
+      except Exception as e:  # Orbax and tensorstore raise ValueError, OSError, KeyError, ...
+        error = _reason(e)
+      if _all_agree(error is None):
+        return step, state, data_state
+      error = error or "it failed on another process"
+      tried.append(f"{step} ({error})")
+      moved = self._move_aside(step)
+      where = f"moved to {moved}" if moved else "left in place (read-only)"
+      warning(f"checkpoint {self.path(step)} cannot be restored ({error}); {where}")
+    if tried:
+      raise UserError(
+        f"no checkpoint in {self.directory} can be restored; tried step {'; '.join(tried)}"
+      )
+    return None
+
+  def _move_aside(self, step: int) -> str | None:
+    """Moves step ``step`` to ``<parent>/bad_checkpoints/<step>[.N]`` (process 0; all wait)."""
+    if self.read_only:
+      return None
+    target = os.path.join(os.path.dirname(self.directory), BAD_DIR, str(step))
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"gen_models.move_aside.{step}.before")
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      base, n = target, 1
+      while os.path.exists(target):  # Never overwrite an earlier bad copy.
+        target, n = f"{base}.{n}", n + 1
+      os.rename(self.path(step), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"gen_models.move_aside.{step}.after")
+    self._manager.reload()
+    return target
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -7,6 +7,11 @@ own rows of a global batch; :func:`global_batch` stitches them into one ``jax.Ar
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +21,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gen_models.errors import UserError
+from gen_models.errors import EXIT_ERROR, Stopped, UserError
 
 DATA_AXIS = "data"
 
@@ -25,20 +30,134 @@ DATA_AXIS = "data"
 jax.config.update("jax_threefry_partitionable", True)
 
 
+DEFAULT_PEER_TIMEOUT_S = 60
+_peer_timeout_s = DEFAULT_PEER_TIMEOUT_S
+
+
 def initialize_distributed(
   coordinator_address: str | None = None,
   num_processes: int | None = None,
   process_id: int | None = None,
+  peer_timeout_s: int = DEFAULT_PEER_TIMEOUT_S,
 ) -> None:
   """Joins a multi-process run (``jax.distributed.initialize``).
 
   With no arguments JAX detects the cluster (SLURM, Cloud TPU, Open MPI). On CPU the cross-process
-  collectives use gloo.
+  collectives use gloo. ``peer_timeout_s`` is how long a process may go silent before the others
+  give up on it (:func:`watch_peers`); JAX's own heartbeat timeout, which aborts the process with
+  a stack trace, is set to twice that as a backstop.
   """
+  global _peer_timeout_s
+  if peer_timeout_s < 1:
+    raise UserError(f"--peer_timeout_s must be >= 1, got {peer_timeout_s}")
+  _peer_timeout_s = peer_timeout_s
   jax.config.update("jax_cpu_collectives_implementation", "gloo")  # used by CPU devices only
   jax.distributed.initialize(
-    coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    coordinator_address=coordinator_address,
+    num_processes=num_processes,
+    process_id=process_id,
+    heartbeat_timeout_seconds=2 * peer_timeout_s,
   )
+
+
+class _PeerWatch:
+  """A thread that exits this process with one ``error:`` line when another process is lost.
+
+  Every ``timeout / 10`` seconds each process bumps a counter under its key in the distributed
+  runtime's key-value store and reads the others'. A peer whose counter has not moved for
+  ``timeout`` seconds (SIGKILL, a dead host) is lost; so is one that wrote ``failed``; a failed
+  call to the store means the coordinator (process 0) is gone. Peers that wrote ``done`` have
+  left the loop normally; a peer not yet seen (still starting) is not judged — should it die
+  before its first beat, JAX's heartbeat timeout (2 × timeout) ends the run. Without the watch
+  the survivors would wait in their next collective until JAX's heartbeat timeout aborts them
+  with a fatal log and a stack trace.
+  """
+
+  def __init__(self, timeout: float):
+    from jax._src import distributed  # The runtime client: key-value store of the coordinator.
+
+    self.client = distributed.global_state.client
+    self.timeout, self.me, self.n = timeout, jax.process_index(), jax.process_count()
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, name="gen_models.peer_watch", daemon=True)
+
+  def _key(self, process: int) -> str:
+    return f"gen_models/peer_watch/{process}"
+
+  def _lost(self, message: str) -> None:
+    from absl import logging
+
+    logging.flush()
+    print(
+      f"error: {message}; stopping this process too (rerun the same command on every process "
+      "to resume from the last checkpoint)",
+      file=sys.stderr,
+      flush=True,
+    )
+    os._exit(EXIT_ERROR)
+
+  def _run(self) -> None:
+    seen = {p: (None, time.monotonic()) for p in range(self.n) if p != self.me}
+    beat = 0
+    while not self._stop.wait(self.timeout / 10):
+      beat += 1
+      try:
+        self.client.key_value_set(self._key(self.me), f"alive {beat}", allow_overwrite=True)
+      except Exception:
+        if not self._stop.is_set():
+          self._lost(f"lost contact with the coordinator (process 0 of {self.n})")
+        return
+      now = time.monotonic()
+      for p, (last, since) in seen.items():
+        try:
+          value = self.client.key_value_try_get(self._key(p))
+        except Exception:  # Not written yet: the peer has not started its loop.
+          value = None
+        if value == "done":
+          continue
+        if value is not None and value.startswith("failed"):
+          self._lost(f"process {p} of {self.n} {value}")
+        if value != last:
+          seen[p] = (value, now)
+        elif value is not None and now - since > self.timeout and not self._stop.is_set():
+          self._lost(
+            f"process {p} of {self.n} was lost (no sign of life for {self.timeout:g} s: "
+            "killed, crashed or its host is down)"
+          )
+
+  def __enter__(self) -> _PeerWatch:
+    self._thread.start()
+    return self
+
+  def await_lost_peer(self) -> None:
+    """Called when a collective failed (gloo raises at once when a peer's socket closes): waits
+    up to 1.5 × timeout for the watch to name the lost process and exit; returns if it doesn't."""
+    self._thread.join(1.5 * self.timeout)
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    self._stop.set()
+    self._thread.join()
+    failed = exc is not None and not isinstance(exc, Stopped)
+    state = f"failed ({type(exc).__name__}: {exc})" if failed else "done"
+    with contextlib.suppress(Exception):
+      self.client.key_value_set(self._key(self.me), state.splitlines()[0], allow_overwrite=True)
+
+
+class _NoPeers(contextlib.nullcontext):
+  def await_lost_peer(self) -> None:
+    pass
+
+
+def watch_peers(timeout: float | None = None):
+  """``with watch_peers() as w:`` a lost process ends this one within ``timeout`` (+10%) seconds
+  with one ``error:`` line naming it; call ``w.await_lost_peer()`` when a collective fails.
+
+  A no-op in a one-process run. ``timeout`` defaults to the ``peer_timeout_s`` given to
+  :func:`initialize_distributed`.
+  """
+  if jax.process_count() == 1:
+    return _NoPeers()
+  return _PeerWatch(timeout or _peer_timeout_s)
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -1,4 +1,14 @@
-"""The one exception type that reaches a user as a one-line message."""
+"""The exceptions that reach a user as one line, and the exit codes of the entry points.
+
+Exit codes: :data:`EXIT_OK` (0) the run finished; :data:`EXIT_ERROR` (1) an ``error:`` line (bad
+input, or a run that cannot go on: non-finite loss, no intact checkpoint, a workdir in use, a
+lost peer process); :data:`EXIT_STOPPED` (75, ``EX_TEMPFAIL`` of ``sysexits.h``: "try again")
+stopped by SIGTERM or SIGINT after saving a checkpoint, so the same command resumes.
+"""
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_STOPPED = 75
 
 
 class UserError(Exception):
@@ -8,3 +18,18 @@ class UserError(Exception):
   indivisible batch) and for a run that must stop (non-finite loss). Entry points catch it,
   print ``error: <message>`` and exit non-zero; no other exception type is caught.
   """
+
+
+class Stopped(Exception):
+  """A run stopped by a signal after its checkpoint at ``step`` was completely written.
+
+  Entry points print the message (``stopped by SIGTERM at step N; checkpoint PATH; run the same
+  command to resume``) and exit with :data:`EXIT_STOPPED`.
+  """
+
+  def __init__(self, signal_name: str, step: int, checkpoint: str):
+    super().__init__(
+      f"stopped by {signal_name} at step {step}; checkpoint {checkpoint}; "
+      "run the same command to resume"
+    )
+    self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint

@@ -90,6 +90,11 @@ def info(msg: str) -> None:
     logging.info("%s", msg)
 
 
+def warning(msg: str) -> None:
+  if jax.process_index() == 0:
+    logging.warning("%s", msg)
+
+
 class ProgressBar:
   """A console progress bar for long host-side work (feature extraction, metrics), on stderr.
 

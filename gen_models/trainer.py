@@ -1,7 +1,10 @@
 """The one training loop of every model family.
 
-    mesh → dataset → family → state (restored if a checkpoint exists, else initialised sharded)
-    → loop: data → compiled step → metrics → samples / eval → checkpoint → final checkpoint
+    mesh → dataset → family → workdir lock → state (the newest intact checkpoint, else
+    initialised sharded) → loop: data → compiled step → metrics → samples / eval → checkpoint
+    → final checkpoint; a SIGTERM / SIGINT ends the loop with a checkpoint at the step every
+    process agrees on (:mod:`gen_models.preemption`), a lost peer process ends it with one line
+    (:func:`gen_models.devices.watch_peers`).
 
 Everything family-specific comes from :class:`gen_models.models.Family`. The compiled step is
 the family's pure ``train_step`` wrapped with a finiteness check, ``jax.jit`` with state
@@ -27,13 +30,15 @@ from gen_models import models
 from gen_models.checkpointing import Checkpointer
 from gen_models.data.images import to_uint8
 from gen_models.divergences import wasserstein1
-from gen_models.errors import UserError
+from gen_models.errors import Stopped, UserError
 from gen_models.images import image_grid, toy_plot
 from gen_models.logs import MetricWriter, Progress, format_duration, info
 from gen_models.metrics import evaluate as evaluate_lib
 from gen_models.metrics import extractors
+from gen_models.preemption import StopRequests
 from gen_models.sampling import sample_chunks
 from gen_models.train_state import tree_all_finite
+from gen_models.workdir_lock import WorkdirLock
 
 SAMPLE_STREAM = 1_000_003  # fold_in constant of the fixed key used for sample PNGs and eval.
 
@@ -234,23 +239,25 @@ def metric_extractor(config, kind: str):
 
 
 def restore_or_init(family, ckpt: Checkpointer, base_key, sharding):
-  """The latest checkpoint's ``(state, data_state)``, or a fresh sharded state and ``None``.
+  """The newest intact checkpoint's ``(state, data_state)``, or a fresh sharded state and ``None``.
 
-  ``init`` runs once per run, so it is compiled without backend optimisation: XLA:CPU spends
-  ~0.5 s optimising each truncated-normal initialiser (measured: the conv VAE's init compiles in
-  22 s at the default level, 6 s at level 0, on the shared 2-core machine).
+  A newest step that cannot be restored is skipped with a warning (and moved aside unless
+  ``ckpt`` is read-only; :meth:`Checkpointer.restore_latest`); if no step restores, a UserError
+  lists them. ``init`` runs once per run, so it is compiled without backend optimisation:
+  XLA:CPU spends ~0.5 s optimising each truncated-normal initialiser (measured: the conv VAE's
+  init compiles in 22 s at the default level, 6 s at level 0, on the shared 2-core machine).
   """
   init_fn = jax.jit(
     family.init,
     out_shardings=sharding,
     compiler_options={"xla_backend_optimization_level": 0},
   )
-  latest = ckpt.latest_step()
-  if latest is None:
-    return init_fn(base_key), None
   abstract = jax.eval_shape(init_fn, base_key)
-  state, data_state = ckpt.restore(latest, abstract, sharding)
-  info(f"restored checkpoint {ckpt.path(latest)}")
+  restored = ckpt.restore_latest(abstract, sharding)
+  if restored is None:
+    return init_fn(base_key), None
+  step, state, data_state = restored
+  info(f"restored checkpoint {ckpt.path(step)}")
   return state, data_state
 
 
@@ -258,7 +265,8 @@ def load_run(workdir: str, devices: Sequence[jax.Device] | None = None):
   """``(config, family, state)`` of the latest checkpoint of the run in ``workdir``.
 
   Raises:
-    UserError: no run (no ``config.json``) or no checkpoint yet in ``workdir``.
+    UserError: no run (no ``config.json``), no checkpoint yet in ``workdir``, or none of its
+      checkpoints can be restored.
   """
   workdir = os.path.abspath(workdir)
   path = os.path.join(workdir, "config.json")
@@ -273,11 +281,31 @@ def load_run(workdir: str, devices: Sequence[jax.Device] | None = None):
   try:
     if ckpt.latest_step() is None:
       raise UserError(f"no checkpoint yet in {ckpt_dir}")
+    # Steps that fail to restore are skipped with a warning and left in place: readers never
+    # change a workdir (the next training run moves them aside).
     sharding = dev.replicated(dev.make_mesh(devices))
     state, _ = restore_or_init(family, ckpt, jax.random.key(config.seed), sharding)
   finally:
     ckpt.close()
   return config, family, state
+
+
+def lock_workdir(workdir: str) -> WorkdirLock | None:
+  """Process 0 takes ``<workdir>/lock`` (:class:`WorkdirLock`); every process learns whether it
+  could, so that all of them stop with the error when another live run holds the workdir."""
+  lock, error = None, None
+  if jax.process_index() == 0:
+    try:
+      lock = WorkdirLock(workdir).__enter__()
+    except UserError as e:
+      error = str(e)
+  if jax.process_count() > 1:
+    ok = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+    if not ok and error is None:
+      error = f"process 0 could not lock workdir {workdir} (its error line says why)"
+  if error is not None:
+    raise UserError(error)
+  return lock
 
 
 def train(
@@ -297,8 +325,10 @@ def train(
     The metrics of the last logged step and the final evaluation, as floats.
 
   Raises:
-    UserError: bad config, indivisible batch, unprepared dataset, unwritable workdir, or a
-      non-finite loss (the checkpoints before it are kept).
+    UserError: bad config, indivisible batch, unprepared dataset, unwritable workdir, a workdir
+      that another live run holds, no checkpoint that restores, or a non-finite loss (the
+      checkpoints before it are kept).
+    Stopped: SIGTERM or SIGINT arrived; a checkpoint of the step it stopped at is complete.
   """
   config = config_lib.validate(config)
   mesh = dev.make_mesh(devices)
@@ -307,6 +337,7 @@ def train(
   family = models.make_family(config, dataset.shape)
   extract = metric_extractor(config, dataset.kind)
   workdir = prepare_workdir(workdir, config)  # Only once the config is known to be usable.
+  lock = lock_workdir(workdir)
 
   state_sharding = dev.replicated(mesh)
   base_key = jax.random.key(config.seed)
@@ -317,14 +348,23 @@ def train(
     donate_argnums=0,
   )
 
-  ckpt = Checkpointer(
-    os.path.join(workdir, "checkpoints"),
-    max_to_keep=config.max_checkpoints_to_keep,
-    async_save=config.async_checkpointing,
-  )
-  writer = MetricWriter(workdir)
+  try:
+    ckpt = Checkpointer(
+      os.path.join(workdir, "checkpoints"),
+      max_to_keep=config.max_checkpoints_to_keep,
+      async_save=config.async_checkpointing,
+    )
+    writer = MetricWriter(workdir)
+  except BaseException:
+    if lock is not None:
+      lock.release()
+    raise
   outputs = _Outputs(config, family, dataset, writer, base_key, extract)
   data_iter = data_lib.StepIterator(dataset, family.batches_per_step)
+  stops = StopRequests().__enter__()  # From here on, SIGTERM / SIGINT stop with a checkpoint.
+  peers = dev.watch_peers()  # From here on, a lost process ends this one with one line.
+  peers.__enter__()
+  error = None
   try:
     state, data_state = restore_or_init(family, ckpt, base_key, state_sharding)
     if data_state is not None:
@@ -348,7 +388,8 @@ def train(
         jax.block_until_ready(state)
         info(f"first step (compile + run) took {format_duration(time.perf_counter() - t0)}")
         progress = Progress(step, total)
-      save = _due(step, config.checkpoint_every_steps, total)
+      stop = stops.reached(step)  # Called at every step: in multi-process runs it counts them.
+      save = stop or _due(step, config.checkpoint_every_steps, total)
       log = _due(step, config.log_every_steps, total)
       if save or log:  # Fetch metrics (a host sync) only when they are needed.
         host = dev.to_host(pending)
@@ -373,8 +414,22 @@ def train(
           last.update(results)
       if save:
         ckpt.save(step, state, data_iter.get_state())
+      if stop and step < total:
+        ckpt.wait()  # Complete on disk before the process may exit.
+        raise Stopped(stops.signal_name, step, ckpt.path(step))
     return last
+  except BaseException as e:
+    error = e
+    if isinstance(e, jax.errors.JaxRuntimeError):
+      peers.await_lost_peer()  # A failed collective: if a peer is gone, exits naming it.
+    raise
   finally:
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
+    try:
+      ckpt.wait()
+      ckpt.close()
+      writer.close()
+    finally:
+      peers.__exit__(type(error), error, None)  # Tells the peers: done, or failed and why.
+      stops.__exit__(None, None, None)
+      if lock is not None:
+        lock.release()

@@ -10,8 +10,13 @@ mean (``count_include_pad=False``), and the last block (``Mixed_7c``) max-pools 
 average.
 
 Outputs: ``features``, the 2048-d "pool3" vector (global average of the last block), used by FID;
-``logits``, the 1008 class scores of the graph's ``fc`` layer (1000 ImageNet classes plus 8
-unused), used by the Inception Score.
+``logits``, the 1008 class scores (1000 ImageNet classes plus 8 unused), used by the Inception
+Score. By default these are ``pool3 @ W`` with ``W`` the ``fc`` kernel and **without the fc
+bias**: the published Inception Score code (openai/improved-gan ``inception_score/model.py``,
+copied by TTUR and the WGAN-GP repository) multiplies pool3 by the weight of
+``softmax/logits/MatMul`` and takes the softmax of that, never adding the bias; torch-fidelity
+and torchmetrics call these "logits_unbiased". ``InceptionV3(unbiased_logits=False)`` gives the
+fc layer's full output ``pool3 @ W + b``.
 
 Weights live in the project's own format, a single ``.npz`` whose keys are the flattened Flax
 variable paths joined with ``/`` (``params/Mixed_5b/branch1x1/conv/kernel``,
@@ -196,9 +201,13 @@ class InceptionV3(nn.Module):
 
   Input: ``(N, 299, 299, 3)`` float32 in ``[-1, 1]`` (see :func:`preprocess`); any size from
   75×75 runs, but FID is defined at 299×299. Output: ``(features, logits)``, ``(N, 2048)``
-  float32 pool3 features and ``(N, 1008)`` float32 logits. Submodule names are those of the
-  torchvision / pytorch-fid state dict, so weight conversion is a renaming.
+  float32 pool3 features and ``(N, 1008)`` float32 logits: ``pool3 @ W`` without the ``fc``
+  bias if ``unbiased_logits`` (the published Inception Score's; module docstring), else
+  ``pool3 @ W + b``. Submodule names are those of the torchvision / pytorch-fid state dict, so
+  weight conversion is a renaming.
   """
+
+  unbiased_logits: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -221,7 +230,10 @@ class InceptionV3(nn.Module):
     x = InceptionE("avg", name="Mixed_7b")(x)  # 8×8×2048
     x = InceptionE("max", name="Mixed_7c")(x)  # 8×8×2048
     features = jnp.mean(x, axis=(1, 2))  # pool3, (N, 2048)
-    logits = nn.Dense(NUM_LOGITS, precision=_HIGHEST, name="fc")(features)
+    fc = nn.Dense(NUM_LOGITS, precision=_HIGHEST, name="fc")
+    logits = fc(features)  # pool3 @ W + b (also creates the fc parameters)
+    if self.unbiased_logits:
+      logits = jnp.dot(features, fc.variables["params"]["kernel"], precision=_HIGHEST)
     return features.astype(jnp.float32), logits.astype(jnp.float32)
 
 
@@ -288,8 +300,18 @@ def random_variables(seed: int) -> dict[str, Any]:
   return traverse_util.unflatten_dict(flat, sep="/")
 
 
+def _umask() -> int:
+  mask = os.umask(0o022)  # Reading the umask means setting it; put it straight back.
+  os.umask(mask)
+  return mask
+
+
 def save_variables(path: str, variables: Mapping[str, Any]) -> None:
-  """Writes ``variables`` as one uncompressed ``.npz`` (``/``-joined keys), atomically."""
+  """Writes ``variables`` as one uncompressed ``.npz`` (``/``-joined keys), atomically.
+
+  The file gets the permissions of any new file (``0o666`` less the umask), not the ``0o600``
+  of the temporary file it is written to, so that a shared weights cache is readable by all.
+  """
   flat = {
     k: np.asarray(v, np.float32) for k, v in traverse_util.flatten_dict(variables, sep="/").items()
   }
@@ -302,6 +324,7 @@ def save_variables(path: str, variables: Mapping[str, Any]) -> None:
   try:
     with os.fdopen(fd, "wb") as f:
       np.savez(f, allow_pickle=False, **flat)
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
   except OSError as e:
     os.unlink(tmp)
@@ -432,7 +455,8 @@ class InceptionExtractor:
 
   ``extractor = InceptionExtractor(load_variables(resolve_weights()), batch_size=200)``, then
   ``features, logits = extractor(images)`` with ``images`` uint8 ``(N, H, W, C)``, ``C`` ∈ {1, 3}:
-  ``features`` float32 ``(N, 2048)`` (pool3), ``logits`` float32 ``(N, 1008)``.
+  ``features`` float32 ``(N, 2048)`` (pool3), ``logits`` float32 ``(N, 1008)`` (``pool3 @ W``
+  without the fc bias, the published Inception Score's logits; see :class:`InceptionV3`).
 
   One compiled function (``preprocess`` + the network; uint8 goes to the devices, the float
   conversion and resize happen there) runs on batches of exactly ``batch_size`` images: the last

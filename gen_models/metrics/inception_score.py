@@ -21,8 +21,9 @@ def inception_score(
 ) -> tuple[float, float]:
   """Mean and std of the IS over ``splits`` chunks, from ``logits`` or ``probs`` ``(N, C)``.
 
-  For the FID Inception network pass its 1008 logits (the softmax over all 1008 outputs is what
-  the TF reference used).
+  For the FID Inception network pass its 1008 unbiased logits ``pool3 @ W`` (what
+  :class:`~gen_models.metrics.inception.InceptionExtractor` returns): the TF reference code takes
+  the softmax over all 1008 outputs of the fc kernel's product with pool3, without the fc bias.
   """
   if (logits is None) == (probs is None):
     raise ValueError("pass exactly one of logits= or probs=")
