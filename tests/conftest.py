@@ -1,8 +1,10 @@
 """Test setup: 8 fake CPU devices (before JAX starts), and shared helpers."""
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 # pytest -n 2 runs two workers on two cores: one BLAS thread each. Two spinning OpenBLAS threads
@@ -12,6 +14,15 @@ os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 
+# One persistent XLA compilation cache for the session, shared by the xdist workers and every
+# subprocess they start (all inherit the environment): a step that dozens of tests compile (the
+# toy smoke config's) is compiled once. A cached executable is the one the compiler produced, so
+# results are unchanged. The controller process made the directory and removes it at the end.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="gen_models_xla_cache_")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
@@ -20,6 +31,12 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
   settings.load_profile("ci")
+
+
+def pytest_unconfigure(config):
+  if _OWN_CACHE:
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
