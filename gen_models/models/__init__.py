@@ -31,7 +31,9 @@ class Family:
   Attributes:
     init: ``rng -> TrainState`` at step 0 (pure; the trainer jits it with output shardings).
     train_step: ``(state, batch) -> (state, metrics)``; ``batch`` is
-      ``(batches_per_step, B, *example_shape)`` float32, ``metrics`` a dict of scalars.
+      ``(batches_per_step, B, *example_shape)`` float32, or with ``dataset.labels``
+      ``{"image": that array, "label": (batches_per_step, B) int32}``; ``metrics`` a dict of
+      scalars.
     sample: ``(state, rng, n) -> (n, *example_shape)`` in data space; ``n`` is static.
     evaluate: host-side ``(state, rng, reference) -> {name: float}``; ``reference`` holds
       held-out real examples (or None) as returned by the dataset.
