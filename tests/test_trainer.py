@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from experiments.configs import beta_vae_dsprites, wgan_gp_toy
+from experiments.configs import beta_vae_dsprites, realnvp_toy, wgan_gp_toy
 from gen_models import config as config_lib
 from gen_models import models, trainer
 
@@ -37,9 +37,13 @@ def _vae_smoke():
   return c
 
 
-SMOKE = {"wgan_gp": lambda: wgan_gp_toy.get_config("smoke"), "vae": _vae_smoke}
+SMOKE = {
+  "wgan_gp": lambda: wgan_gp_toy.get_config("smoke"),
+  "vae": _vae_smoke,
+  "realnvp": lambda: realnvp_toy.get_config("smoke"),  # ActNorm: the trainer's data_init runs.
+}
 # Parameters every step changes (a WGAN critic's last bias gets no gradient from its loss).
-TRAINED = {"wgan_gp": ("generator",), "vae": ("encoder", "decoder")}
+TRAINED = {"wgan_gp": ("generator",), "vae": ("encoder", "decoder"), "realnvp": ("flow",)}
 
 
 @pytest.fixture(params=sorted(SMOKE))

@@ -632,9 +632,25 @@ def flow_shape(example_shape: Sequence[int], crop: int, num_scales: int) -> tupl
   return (h, w, c)
 
 
-def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...]) -> Family:
-  """Binds the config to the pure functions above; bad settings are a :class:`UserError`."""
-  f, opt = config.flow, config.optimizer
+@dataclasses.dataclass(frozen=True)
+class Bound:
+  """A config's flow with its functions bound: ``log_prob(state, x, key) -> (B,)`` and
+  ``layer_log_dets(state, x, key) -> {name: (B,)}`` (evaluation mode, see :func:`log_prob`)."""
+
+  flow: RealNVP
+  prep: Preprocess
+
+  def log_prob(self, state: TrainState, x: jax.Array, key: jax.Array) -> jax.Array:
+    return eval_log_prob(state, x, key, flow=self.flow, prep=self.prep)
+
+  def layer_log_dets(self, state: TrainState, x: jax.Array, key: jax.Array) -> dict:
+    return layer_log_dets(state, x, key, flow=self.flow, prep=self.prep)
+
+
+def bind(config: ml_collections.ConfigDict, example_shape: tuple[int, ...]) -> Bound:
+  """The flow and preprocessing of ``config`` for examples of ``example_shape``; bad settings
+  (and an image size the squeeze cannot split) are a one-line :class:`UserError`."""
+  f = config.flow
   if f.normalization not in NORMALIZATIONS:
     raise UserError(
       f"unknown flow.normalization {f.normalization!r}; known: {', '.join(NORMALIZATIONS)}"
@@ -667,15 +683,22 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
     blocks=int(f.resnet_blocks),
     impl=check_impl(config.conv_impl),
   )
-  flow = RealNVP(spec)
   prep = Preprocess(image=image, alpha=float(f.alpha), crop=int(f.crop) if image else 0)
+  return Bound(RealNVP(spec), prep)
+
+
+def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...]) -> Family:
+  """Binds the config to the pure functions above; bad settings are a :class:`UserError`."""
+  f, opt = config.flow, config.optimizer
+  bound = bind(config, example_shape)
+  flow, prep = bound.flow, bound.prep
+  shape, image = flow.spec.shape, prep.image
   if opt.schedule not in ("constant", "cosine"):
     raise UserError(f"unknown optimizer.schedule {opt.schedule!r}; known: constant, cosine")
   lr = opt.learning_rate
   if opt.schedule == "cosine":
     lr = optax.cosine_decay_schedule(lr, max(int(config.num_train_steps), 1))
   tx = optax.adam(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps)
-  log_prob_fn = jax.jit(functools.partial(eval_log_prob, flow=flow, prep=prep))
   name = config.dataset.name
   true_density = functools.partial(toy.log_density, name) if name in toy.DENSITIES else None
   critic = None
@@ -687,7 +710,7 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
     sample=functools.partial(sample, flow=flow, prep=prep, temperature=float(f.temperature)),
     evaluate=functools.partial(
       evaluate,
-      log_prob_fn=log_prob_fn,
+      log_prob_fn=jax.jit(bound.log_prob),
       chunk=max(config.batch_size, 1),
       num_dims=math.prod(shape),
       image=image,
