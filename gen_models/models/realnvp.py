@@ -115,7 +115,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.999
   c.optimizer.eps = 1e-8
-  c.optimizer.schedule = "constant"  # Or "cosine": decays to 0 at num_train_steps.
+  # > 0: the learning rate decays to 0 over this many steps (cosine); 0: constant. Its own key,
+  # not num_train_steps, which a resumed run may change.
+  c.optimizer.cosine_decay_steps = 0
   return c
 
 
@@ -693,11 +695,11 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
   bound = bind(config, example_shape)
   flow, prep = bound.flow, bound.prep
   shape, image = flow.spec.shape, prep.image
-  if opt.schedule not in ("constant", "cosine"):
-    raise UserError(f"unknown optimizer.schedule {opt.schedule!r}; known: constant, cosine")
+  if opt.cosine_decay_steps < 0:
+    raise UserError(f"optimizer.cosine_decay_steps must be >= 0, got {opt.cosine_decay_steps}")
   lr = opt.learning_rate
-  if opt.schedule == "cosine":
-    lr = optax.cosine_decay_schedule(lr, max(int(config.num_train_steps), 1))
+  if opt.cosine_decay_steps:
+    lr = optax.cosine_decay_schedule(lr, int(opt.cosine_decay_steps))
   tx = optax.adam(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps)
   name = config.dataset.name
   true_density = functools.partial(toy.log_density, name) if name in toy.DENSITIES else None
