@@ -32,7 +32,7 @@ def get_config(arg: str | None = None, dataset: str = "cifar10"):
   c.eval.num_image_samples = 100
   if args["smoke"]:
     c.batch_size = 8
-    c.flow.resnet_blocks = 1
+    c.flow.resnet_blocks = 0
     c.flow.resnet_features = 4
     c.flow.num_eval_points = 8
     c.num_train_steps = 3
