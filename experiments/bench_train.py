@@ -25,6 +25,8 @@ the devices before timing, so the numbers are of the step alone, without the inp
 * ``vae``: ``experiments/configs/beta_vae_dsprites.py`` (disentanglement_lib's conv nets, β = 4,
   batch 64) on random binary 64×64×1 batches. One Adam step per train step, so
   ``n_critic`` is 1 and ``gen_steps_per_s`` counts VAE updates.
+* ``flow``: ``experiments/configs/realnvp_toy.py`` (10 MLP couplings with ActNorm, batch 256) on
+  the 2-D ``8gaussians_wide`` batches; one Adam step on the NLL per train step (``n_critic`` 1).
 
 **Layers** (``--layers``): forward + backward (gradients of ``Σ y²`` with respect to the input
 and the kernel) of every stride-2 conv shape of the DCGAN and β-VAE nets at batch 64, for
@@ -75,6 +77,7 @@ CONFIGS = {
     (32, 32, 3),
     {"default": (20, 2), "cpu": (2, 1)},
   ),
+  "flow": ("realnvp_toy", (2,), {"default": (200, 10)}),
 }
 CONV_IMPLS = ("auto", "xla", "space_to_depth", "subpixel")
 LOOPS = ("scan", "unrolled")
@@ -191,7 +194,7 @@ def _batches(name: str, config, shape, n_critic: int) -> list[np.ndarray]:
   """``POOL`` host batches ``(n_critic, B, *shape)`` float32."""
   from gen_models import data as data_lib
 
-  if name == "toy":
+  if name in ("toy", "flow"):
     it = data_lib.StepIterator(data_lib.create(config, config.batch_size), n_critic)
     return [next(it) for _ in range(POOL)]
   rng = np.random.default_rng(0)
@@ -265,6 +268,8 @@ def _torch_step(spec: dict) -> dict:
   torch_shape = shape if len(shape) == 1 else (shape[2], shape[0], shape[1])
   if config.model == "vae":
     peer, n_critic = torch_peers.BetaVAE(config, shape, seed=config.seed), 1
+  elif config.model == "realnvp":
+    peer, n_critic = torch_peers.RealNVP(config, shape, seed=config.seed), 1
   else:
     peer, n_critic = torch_peers.WGANGP(config, shape, seed=config.seed), config.gan.n_critic
   gen = torch.Generator().manual_seed(0)
@@ -403,7 +408,7 @@ def _step_rows(name: str, tmp: str) -> list[dict]:
   warmup = _WARMUP.value if _WARMUP.value is not None else warmup
   common = {"config": name, "steps": steps, "warmup": warmup, "batch_size": _BATCH_SIZE.value}
   impls = _CONV_IMPLS.value if len(CONFIGS[name][1]) == 3 else ["-"]
-  loops = _LOOPS.value if name != "vae" else ["-"]
+  loops = _LOOPS.value if name not in ("vae", "flow") else ["-"]
   specs = []
   if _TORCH.value:
     specs.append({"worker": "torch_step", **common, "torch_threads": _TORCH_THREADS.value})

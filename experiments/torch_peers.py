@@ -1,4 +1,6 @@
-r"""PyTorch eager peers of the train steps (WGAN-GP, β-VAE), for ``experiments/bench_train.py``.
+r"""PyTorch eager peers of the train steps, for ``experiments/bench_train.py``.
+
+WGAN-GP, β-VAE and RealNVP on points (``flow``).
 
 What a user would otherwise run: the same nets (same layer shapes, activations, normalisation
 and parameter counts as ``gen_models``) and the same step, written the usual PyTorch way, in
@@ -13,6 +15,8 @@ Needs ``pip install '.[bench]'`` (``torch==2.13.0``, the CPU build).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -261,3 +265,69 @@ class BetaVAE:
     loss.backward()
     self.opt.step()
     return {"loss": loss.item(), "kl": kl.item()}
+
+
+class _Coupling(nn.Module):
+  """``gen_models.models.realnvp.AffineCoupling`` with a vector mask: MLP on ``b⊙x`` → (ŝ, t),
+  ``s = scale·tanh(ŝ)``, ``y = b⊙x + (1−b)⊙(x·exp(s) + t)``; log-det ``Σ (1−b)⊙s``."""
+
+  def __init__(self, d: int, parity: int, width: int, depth: int):
+    super().__init__()
+    self.register_buffer("mask", (torch.arange(d) % 2 == parity).float())
+    self.net = _mlp(d, width, depth, 2 * d)
+    self.scale = nn.Parameter(torch.ones(d))
+
+  def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    b = self.mask
+    h = self.net(b * x)
+    d = x.shape[1]
+    s = (1 - b) * self.scale * torch.tanh(h[:, :d])
+    y = b * x + (1 - b) * (x * torch.exp(s) + h[:, d:])
+    return y, s.sum(1)
+
+
+class _ActNorm(nn.Module):
+  def __init__(self, d: int):
+    super().__init__()
+    self.log_scale = nn.Parameter(torch.zeros(d))
+    self.bias = nn.Parameter(torch.zeros(d))
+
+  def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    ld = self.log_scale.sum().expand(x.shape[0])
+    return x * torch.exp(self.log_scale) + self.bias, ld
+
+
+class RealNVP:
+  """One RealNVP train step on points as ``gen_models.models.realnvp.train_step`` (vector
+  couplings with MLP s/t nets, ActNorm after each, loss ``−mean log p(x)``, Adam)."""
+
+  def __init__(self, config, example_shape: tuple[int, ...], seed: int = 0):
+    torch.manual_seed(seed)
+    f, opt = config.flow, config.optimizer
+    d = example_shape[0]
+    layers = []
+    for k in range(f.num_couplings):
+      layers.append(_Coupling(d, k % 2, f.mlp_width, f.mlp_depth))
+      if f.normalization == "actnorm":
+        layers.append(_ActNorm(d))
+    self.flow = nn.ModuleList(layers)
+    self.opt = torch.optim.Adam(
+      self.flow.parameters(), lr=opt.learning_rate, betas=(opt.b1, opt.b2), eps=opt.eps
+    )
+
+  def num_params(self) -> int:
+    return sum(p.numel() for p in self.flow.parameters())
+
+  def step(self, batch: torch.Tensor) -> dict[str, float]:
+    """``batch``: ``(1, B, d)`` points."""
+    (x,) = batch
+    log_det = torch.zeros(x.shape[0])
+    for layer in self.flow:
+      x, ld = layer(x)
+      log_det = log_det + ld
+    log_p = -0.5 * x.square().sum(1) - 0.5 * x.shape[1] * math.log(2 * math.pi) + log_det
+    loss = -log_p.mean()
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    self.opt.step()
+    return {"loss": loss.item()}

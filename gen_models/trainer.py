@@ -369,6 +369,9 @@ def train(
     state, data_state = restore_or_init(family, ckpt, base_key, state_sharding)
     if data_state is not None:
       data_iter.set_state(data_state)
+    elif family.data_init is not None:  # A fresh run: the data-dependent init, on global batch 0.
+      first = dev.global_batch(dataset.batch(0), mesh)
+      state = jax.jit(family.data_init, out_shardings=state_sharding)(state, first)
     start = int(dev.to_host(state.step))
     total = config.num_train_steps
     info(

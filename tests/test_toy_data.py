@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -127,3 +128,113 @@ def test_labels_on_an_unlabelled_dataset_is_a_one_line_error():
     assert "\n" not in str(e.value)
   c.dataset.labels = False
   assert data.num_classes(c) is None and not hasattr(data.create(c, 8), "num_classes")
+
+
+# ----------------------------------------------------------------------------------------------
+# The density-estimation sets (flow literature) and their exact log-densities.
+
+DENSITIES = sorted(toy.DENSITIES)
+WIDE_CENTERS = (4 / 1.414) * np.stack(
+  [np.cos(np.arange(8) * math.pi / 4), np.sin(np.arange(8) * math.pi / 4)], axis=1
+)
+
+
+def test_eight_gaussians_wide():
+  """FFJORD's 8 Gaussians: centres 4·(cos kπ/4, sin kπ/4)/1.414, std 0.5/1.414."""
+  x = toy.sample("8gaussians_wide", N, seed=0, stream=0, index=0).astype(np.float64)
+  std, r = 0.5 / 1.414, 4 / 1.414
+  # Modes only 6 std apart: check the moments. Mean 0; covariance (r²/2 + σ²) I (E cos² = ½).
+  var = r**2 / 2 + std**2
+  np.testing.assert_allclose(x.mean(0), 0.0, atol=4 * math.sqrt(var / N))
+  cov = np.cov(x.T)
+  # Var of x₁² is E x⁴ − var²; E x⁴ = r⁴·E cos⁴ + 6 r² E cos² σ² + 3σ⁴, E cos⁴ = 3/8.
+  se = math.sqrt((r**4 * 3 / 8 + 3 * r**2 * std**2 + 3 * std**4 - var**2) / N)
+  np.testing.assert_allclose(np.diag(cov), var, atol=4 * se)
+  assert abs(cov[0, 1]) < 4 * se
+  # Radius minus the nearest centre's: |x − c_k| has the Rayleigh mean σ√(π/2) (modes ≥ 6σ apart,
+  # the nearest centre is the drawing one except for ~1e-3 of points).
+  _, res = _nearest(x, WIDE_CENTERS)
+  np.testing.assert_allclose(
+    np.linalg.norm(res, axis=1).mean(), std * math.sqrt(math.pi / 2), rtol=0.02
+  )
+
+
+def test_eight_gaussians_wide_log_density_is_the_mixture_formula():
+  """Against the Gaussian pdfs summed directly (no log-sum-exp), at points where nothing
+  underflows; and far away, where only the log-sum-exp form stays finite."""
+  std = 0.5 / 1.414
+  x = np.array([[0.0, 0.0], [2.0, 0.3], [-1.1, 2.5], [3.0, 3.0], *WIDE_CENTERS[:2]])
+  pdf = sum(
+    np.exp(-np.sum((x - c) ** 2, axis=1) / (2 * std**2)) / (2 * math.pi * std**2)
+    for c in WIDE_CENTERS
+  )
+  pdf /= 8
+  np.testing.assert_allclose(toy.log_density("8gaussians_wide", x), np.log(pdf), rtol=1e-12)
+  far = toy.log_density("8gaussians_wide", np.array([[30.0, -20.0]]))
+  sq = np.min(np.sum((np.array([30.0, -20.0]) - WIDE_CENTERS) ** 2, axis=1))
+  assert np.isfinite(far[0]) and far[0] <= -sq / (2 * std**2) - math.log(2 * math.pi * std**2)
+
+
+def test_checkerboard_support_and_density():
+  """Uniform on the 8 squares [2i, 2i+2)×[2j, 2j+2), i + j even: every sample inside, each square
+  with 1/8 of the points, and log-density −log 32 inside, −inf outside."""
+  x = toy.sample("checkerboard", N, seed=0, stream=0, index=0).astype(np.float64)
+  i, j = np.floor(x[:, 0] / 2).astype(int), np.floor(x[:, 1] / 2).astype(int)
+  assert np.all((i + j) % 2 == 0) and np.all(np.abs(x) <= 4)
+  counts = np.bincount((i + 2) * 4 + (j + 2), minlength=16)
+  occupied = [(a + 2) * 4 + (b + 2) for a in range(-2, 2) for b in range(-2, 2) if (a + b) % 2 == 0]
+  se = math.sqrt(N * (1 / 8) * (7 / 8))
+  np.testing.assert_allclose(counts[occupied], N / 8, atol=4 * se)
+  np.testing.assert_array_equal(toy.log_density("checkerboard", x), -math.log(32))
+  outside = np.array([[1.0, 3.0], [-3.0, -1.0], [4.5, 0.5], [0.5, -4.5]])
+  assert np.all(toy.log_density("checkerboard", outside) == -np.inf)
+
+
+def test_two_moons_log_density_quadrature_is_converged():
+  """The moons' density by 16× finer Gauss–Legendre quadrature agrees to 1e-12 (log scale)."""
+  x = toy.sample("two_moons", 200, seed=0, stream=1, index=0).astype(np.float64)
+  coarse = toy.log_density("two_moons", x)
+  t, w = toy._moons_nodes(panels=256, order=16)
+  centers = np.concatenate(
+    [toy._moon_curve(t, np.zeros(t.shape, int)), toy._moon_curve(t, np.ones(t.shape, int))]
+  )
+  fine = toy._gaussian_mixture_log_density(x, centers, np.concatenate([w, w]) / (2 * math.pi), 0.2)
+  np.testing.assert_allclose(coarse, fine, rtol=0, atol=1e-12)
+
+
+@functools.cache
+def _grid_mass(name: str, h: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+  """Midpoints of a ``h`` grid over [−6, 6]² and the mass ``p·h²`` of each cell."""
+  g = np.arange(-6 + h / 2, 6, h)
+  xx, yy = np.meshgrid(g, g, indexing="ij")
+  grid = np.stack([xx.ravel(), yy.ravel()], 1)
+  return grid, np.exp(toy.log_density(name, grid)) * h * h
+
+
+@pytest.mark.parametrize("name", DENSITIES)
+def test_log_density_integrates_to_one(name):
+  """Midpoint rule on a 0.05 grid over [−6, 6]² (all the mass but ≤ e⁻⁵⁰ of it): Σ p·h² = 1
+  within 1e-3 (the checkerboard's square edges fall on grid-cell edges: exact; for the smooth
+  densities the midpoint rule's error is ~exp(−2π²σ²/h²) < 1e-6)."""
+  grid, mass = _grid_mass(name)
+  total = np.sum(mass)
+  np.testing.assert_allclose(total, 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", DENSITIES)
+def test_samples_follow_the_log_density(name):
+  """Mass of the 4 quadrants and of the disc of radius 2: sample frequency vs the density's
+  integral (midpoint rule) within 4 binomial standard errors."""
+  x = toy.sample(name, N, seed=1, stream=0, index=0).astype(np.float64)
+  grid, p = _grid_mass(name)
+  regions = [
+    lambda a: (a[:, 0] > 0) & (a[:, 1] > 0),
+    lambda a: (a[:, 0] < 0) & (a[:, 1] > 0),
+    lambda a: (a[:, 0] > 0.7) & (a[:, 1] < 0.3),
+    lambda a: np.hypot(a[:, 0], a[:, 1]) < 2,
+  ]
+  for region in regions:
+    want = np.sum(p[region(grid)])
+    got = np.mean(region(x))
+    se = math.sqrt(max(want * (1 - want), 1e-4) / N)
+    assert abs(got - want) < 4 * se + 2e-3, (got, want)

@@ -21,6 +21,7 @@ from gen_models.train_state import TrainState
 FAMILIES: dict[str, str] = {
   "wgan_gp": "gen_models.models.wgan_gp",
   "vae": "gen_models.models.vae",
+  "realnvp": "gen_models.models.realnvp",
 }
 
 
@@ -46,6 +47,9 @@ class Family:
       traversals), written beside the sample grid for image data; None: none.
     critic_values: optional ``(state, points (N, *example_shape)) -> (N,)``, the family's
       critic/discriminator output at ``points``; the 2-D sample plot draws it as contours.
+    data_init: optional ``(state, batch (B, *example_shape)) -> state``, a data-dependent
+      initialisation (a flow's ActNorm) that the trainer runs once on global batch 0 of a fresh
+      run, outside the compiled step; never on restore.
   """
 
   init: Callable[[jax.Array], TrainState]
@@ -57,6 +61,7 @@ class Family:
   encode: Callable[[TrainState, jax.Array], jax.Array] | None = None
   image_grids: Callable[[TrainState, jax.Array], dict[str, jax.Array]] | None = None
   critic_values: Callable[[TrainState, jax.Array], jax.Array] | None = None
+  data_init: Callable[[TrainState, jax.Array], TrainState] | None = None
 
 
 def module(name: str) -> Any:

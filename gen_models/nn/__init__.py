@@ -3,24 +3,30 @@
 ``conv``: 2-D ``Conv`` / ``ConvTranspose`` with flax's parameters, computed without input-dilated
 convolutions on CPU (space-to-depth / depth-to-space); ``conv_impl`` config key.
 ``resnet``: pre-activation residual blocks (up / down / plain), the ResNet critic's first block,
-mean pooling, nearest-neighbour up-sampling and class-conditional batch norm.
+mean pooling, nearest-neighbour up-sampling and class-conditional batch norm (the WGAN-GP ResNet
+nets); a stride-1 conv ``ResNet`` (RealNVP's s/t nets). ``mlp``: a dense ReLU net whose last
+layer may start at zero.
 """
 
 from gen_models.nn.conv import IMPLS, Conv, ConvTranspose, check_impl, resolve_impl
+from gen_models.nn.mlp import MLP
 from gen_models.nn.resnet import (
   ConditionalBatchNorm,
   OptimizedBlock,
   ResidualBlock,
+  ResNet,
   mean_pool,
   upsample_nearest,
 )
 
 __all__ = [
   "IMPLS",
+  "MLP",
   "ConditionalBatchNorm",
   "Conv",
   "ConvTranspose",
   "OptimizedBlock",
+  "ResNet",
   "ResidualBlock",
   "check_impl",
   "mean_pool",

@@ -1,4 +1,4 @@
-r"""Residual blocks of the WGAN-GP paper's ResNet GAN nets, and the layers they are built from.
+r"""Residual nets: the WGAN-GP paper's ResNet GAN blocks (and their layers), RealNVP's ResNet.
 
 The blocks follow ``gan_cifar_resnet.py`` of Gulrajani et al. (2017), github.com/igul222/
 improved_wgan_training (pre-activation residual blocks, He et al. 2016). Every convolution is
@@ -15,10 +15,16 @@ improved_wgan_training (pre-activation residual blocks, He et al. 2016). Every c
   changes).
 * :class:`OptimizedBlock` — the critic's first block, without the leading activation:
   ``conv 3×3 → ReLU → conv 3×3 → mean-pool``, shortcut ``mean-pool → 1×1 conv``.
+* :class:`ResNet` — a stride-1 conv ResNet, the s/t net of RealNVP's image couplings:
+  ``(B, H, W, C_in)`` → 3×3 conv to ``features`` → ``blocks`` residual blocks
+  ``h ← h + conv(relu(conv(relu(h))))`` (3×3, ``features``) → ReLU → 3×3 conv to ``out``:
+  ``(B, H, W, out)``; parameters ``(9·C_in + 1)·F + blocks·2·(9·F + 1)·F + (9·F + 1)·out``;
+  flax's default initialisers (LeCun normal), the last conv optionally zero.
 
-Initialisation as the reference: kernels uniform with variance ``4 / (fan_in + fan_out)``
-("He") for the 3×3 convs of the residual branches, ``2 / (fan_in + fan_out)`` (Glorot) for the
-1×1 shortcuts; biases zero; norm scales one, offsets zero.
+The GAN blocks' initialisation is the reference's: kernels uniform with variance
+``4 / (fan_in + fan_out)`` ("He") for the 3×3 convs of the residual branches,
+``2 / (fan_in + fan_out)`` (Glorot) for the 1×1 shortcuts; biases zero; norm scales one, offsets
+zero.
 
 ``dtype`` is the compute dtype (``bfloat16`` for accelerators); parameters stay float32 and
 the batch-norm statistics are computed in float32.
@@ -171,3 +177,25 @@ class OptimizedBlock(nn.Module):
     h = nn.relu(conv(self.features, 3, HE_UNIFORM, name="conv1")(x))
     h = mean_pool(conv(self.features, 3, HE_UNIFORM, name="conv2")(h))
     return shortcut + h
+
+
+class ResNet(nn.Module):
+  """The stride-1 ResNet of the module docstring (SAME padding: the spatial size is kept).
+  ``zero_last``: the output conv starts at zero (output 0 at init); ``impl``: how the convs are
+  computed (``gen_models.nn.conv``, the same function)."""
+
+  features: int
+  blocks: int
+  out: int
+  zero_last: bool = False
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    conv = lambda f, **kw: Conv(f, (3, 3), padding="SAME", impl=self.impl, **kw)
+    h = conv(self.features)(x)
+    for _ in range(self.blocks):
+      r = conv(self.features)(nn.relu(h))
+      h = h + conv(self.features)(nn.relu(r))
+    init = nn.initializers.zeros_init() if self.zero_last else nn.initializers.lecun_normal()
+    return conv(self.out, kernel_init=init)(nn.relu(h))

@@ -1,0 +1,156 @@
+r"""Exact log-likelihood of data under a trained flow (RealNVP), written to JSON.
+
+    python -m experiments.evaluate_likelihood --workdir=DIR --data=FILE.npy \
+        [--output=FILE.json] [--log_probs=FILE.npy] [--dequantization_samples=K]
+
+FILE holds points ``(N, d)`` (float) for a flow on points, or images ``(N, H, W, C)`` for an image
+flow: uint8, or numbers that are integers in ``[0, 256)``, of the flow's image shape (MNIST runs
+accept the 28×28 originals as well as the padded 32×32). Images are dequantised ``K`` times
+(seeded: ``--seed``) and each example's log-density is the mean over the ``K`` draws of
+``log p(pixels + ε)`` on ``[0, 256)^D`` (a lower bound of the discrete log-probability).
+
+Printed and written: ``nll_nats`` (mean negative log-likelihood per example) and
+``bits_per_dim = nll_nats / (D ln 2)``, each with its standard error over the examples,
+``num_examples``, ``num_dims``, ``dequantization_samples``, ``step``. ``--log_probs`` writes
+every example's log-density (nats, float64). The evaluation is in evaluation mode (batch norm
+with its running statistics), on this process's devices.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+from absl import app, flags
+
+from experiments import cli
+from gen_models.errors import UserError
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained flow run.")
+_DATA = flags.DEFINE_string("data", None, ".npy of points (N, d) or images (N, H, W, C).")
+_OUTPUT = flags.DEFINE_string("output", None, "Optional JSON file of the results.")
+_LOG_PROBS = flags.DEFINE_string("log_probs", None, "Optional .npy of every example's log p.")
+_DEQUANT = flags.DEFINE_integer("dequantization_samples", 1, "Dequantisation draws per image.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Examples per compiled call.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the dequantisation noise.")
+flags.mark_flags_as_required(["workdir", "data"])
+
+
+def load_data(path: str) -> np.ndarray:
+  """The ``.npy`` array at ``path`` (no pickle); a one-line error otherwise."""
+  if not os.path.isfile(path):
+    raise UserError(f"--data={path} does not exist")
+  try:
+    return np.load(path, allow_pickle=False)
+  except Exception as e:  # Object arrays, truncated files, not an .npy at all: one line each.
+    raise UserError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+
+
+def check_data(x: np.ndarray, example_shape: tuple[int, ...], crop: int) -> np.ndarray:
+  """``x`` as float32 model-space examples ``(N, *example_shape)``; one-line errors for a wrong
+  shape, a non-finite point or image values outside ``[0, 256)`` (or not integers)."""
+  if x.dtype.kind not in "iuf" or x.ndim < 2 or len(x) == 0:
+    raise UserError(f"--data must be a non-empty numeric array, got {x.dtype} {x.shape}")
+  if len(example_shape) == 1:
+    if x.shape[1:] != tuple(example_shape):
+      raise UserError(f"the run models points {tuple(example_shape)}; --data is {x.shape}")
+    if not np.all(np.isfinite(x)):
+      raise UserError("--data holds NaN or infinite values")
+    return x.astype(np.float32)
+  h, w, c = example_shape
+  inner = (h - 2 * crop, w - 2 * crop, c)
+  if x.shape[1:] not in (tuple(example_shape), inner):
+    want = f"{tuple(example_shape)} or {inner}" if crop else f"{tuple(example_shape)}"
+    raise UserError(f"the run models images (N, H, W, C) of {want}; --data is {x.shape}")
+  if np.any(~np.isfinite(x)) or np.any(x < 0) or np.any(x >= 256) or np.any(x != np.floor(x)):
+    raise UserError(
+      f"image flows take integer pixel values in [0, 256); --data has values in "
+      f"[{np.nanmin(x)}, {np.nanmax(x)}]" + ("" if np.all(x == np.floor(x)) else " (non-integers)")
+    )
+  x = x.astype(np.float32) / 127.5 - 1.0  # The datasets' model space.
+  if x.shape[1:] == inner and crop:
+    x = np.pad(x, ((0, 0), (crop, crop), (crop, crop), (0, 0)), constant_values=-1.0)
+  return x
+
+
+def run() -> dict:
+  import jax
+
+  from gen_models import devices as dev
+  from gen_models import trainer
+  from gen_models.models import realnvp
+
+  if _DEQUANT.value < 1 or _BATCH_SIZE.value < 1:
+    raise UserError("--dequantization_samples and --batch_size must be >= 1")
+  for path in (_OUTPUT.value, _LOG_PROBS.value):
+    if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+      raise UserError(f"output directory {os.path.dirname(os.path.abspath(path))} does not exist")
+  config_path = os.path.join(_WORKDIR.value, "config.json")
+  if os.path.exists(config_path):
+    try:
+      with open(config_path) as f:
+        model = json.load(f).get("model")
+    except (OSError, ValueError) as e:
+      raise UserError(f"cannot read {config_path}: {e}") from None
+    if model != "realnvp":
+      raise UserError(f"{_WORKDIR.value} holds a {model!r} run, not a flow (model 'realnvp')")
+  raw = load_data(_DATA.value)
+  config, family, state = trainer.load_run(_WORKDIR.value, jax.local_devices())
+  from gen_models import data as data_lib
+
+  example_shape = data_lib.example_shape(config)
+  image = len(example_shape) == 3
+  x = check_data(raw, example_shape, config.flow.crop if image else 0)
+  flow_family = realnvp.bind(config, example_shape)
+  log_prob_fn = jax.jit(flow_family.log_prob)
+  layers_fn = jax.jit(flow_family.layer_log_dets)
+  num_dims = math.prod(flow_family.flow.spec.shape)
+  key = jax.random.key(_SEED.value)
+  k = _DEQUANT.value if image else 1
+  total = np.zeros(len(x))
+  for draw in range(k):
+    for i, start in enumerate(range(0, len(x), _BATCH_SIZE.value)):
+      chunk = x[start : start + _BATCH_SIZE.value]
+      chunk_key = jax.random.fold_in(jax.random.fold_in(key, draw), i)
+      log_p = np.asarray(dev.to_host(log_prob_fn(state, chunk, chunk_key)), np.float64)
+      if not np.all(np.isfinite(log_p)):
+        realnvp.check_finite_log_dets(dev.to_host(layers_fn(state, chunk, chunk_key)))
+        raise UserError("non-finite log-density (the latent is not finite)")
+      total[start : start + len(chunk)] += log_p
+  log_p = total / k
+  if image:
+    log_p = log_p - num_dims * realnvp.LN256  # Density of the pixels on [0, 256)^D.
+  nll = -log_p
+  se = float(np.std(nll, ddof=1) / math.sqrt(len(nll))) if len(nll) > 1 else float("nan")
+  results = {
+    "nll_nats": float(np.mean(nll)),
+    "nll_nats_stderr": se,
+    "bits_per_dim": float(np.mean(nll)) / (num_dims * math.log(2)),
+    "bits_per_dim_stderr": se / (num_dims * math.log(2)),
+    "num_examples": len(nll),
+    "num_dims": num_dims,
+    "dequantization_samples": k,
+    "step": int(dev.to_host(state.step)),
+  }
+  if _OUTPUT.value:
+    cli.write_json(_OUTPUT.value, results, sort_keys=True)
+  if _LOG_PROBS.value:
+    try:
+      np.save(_LOG_PROBS.value, log_p)
+    except OSError as e:
+      raise UserError(f"cannot write {_LOG_PROBS.value}: {e.strerror or e}") from None
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.quiet_library_logs()
+  results = cli.run_user_errors_as_exit(run)
+  cli.print_results(results, width=22)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=cli.parse_flags)

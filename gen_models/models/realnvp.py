@@ -1,0 +1,726 @@
+r"""RealNVP (Dinh, Sohl-Dickstein & Bengio 2017): exact log-likelihood with affine couplings.
+
+A flow is an invertible ``f`` from data ``x`` to a latent ``z = f(x)`` with ``p(z) = N(0, I)``;
+the change of variables gives the exact log-density of every example::
+
+    log p(x) = log N(f(x); 0, I) + log |det ∂f/∂x|,   log N(z; 0, I) = −½ |z|² − (D/2) log 2π
+
+``f`` is a composition of layers; the log-determinants add. Every loss below is *minimised*.
+
+Layers (each has an exact inverse and its log-det per example ``(B,)``):
+
+* Affine coupling with a binary mask ``b`` (1: kept, 0: transformed)::
+
+      y = b ⊙ x + (1 − b) ⊙ (x ⊙ exp(s(b ⊙ x)) + t(b ⊙ x)),    log|det| = Σ_i (1 − b_i) s_i
+      x = b ⊙ y + (1 − b) ⊙ ((y − t(b ⊙ y)) ⊙ exp(−s(b ⊙ y)))
+
+  computed with ``jnp.where(b, ·, ·)`` (never ``mask · inf``). ``s = scale · tanh(s_raw)`` with a
+  learned per-channel ``scale`` (starting at 1); the last layer of the s/t net starts at zero, so
+  every coupling starts as the identity. Masks: *vector* (points ``(B, d)``: ``b_i = [i mod 2 =
+  parity]``, alternating), *checkerboard* (images: ``b_{hw} = [(h + w) mod 2 = parity]`` for all
+  channels; the net also sees ``b`` as one extra input channel) and *channel* (the first or the
+  second half of the channels kept).
+* Batch normalisation of a coupling's output (paper §3.7), per channel ``c`` over the batch (and
+  the pixels), with ``m_c, v_c`` the batch mean and (biased) variance in training, the running
+  averages (``m ← μ·m + (1 − μ)·m_B``, momentum ``μ``) in evaluation and in the inverse::
+
+      y = (x − m) / √(v + ε) · exp(log γ) + β,   log|det| = P · Σ_c (log γ_c − ½ log(v_c + ε))
+
+  ``P`` is the number of pixels (1 for points). In training the statistics depend on the batch;
+  like the paper we count the log-det with the statistics held fixed (the map of each example
+  given them), which is the eval-mode log-det with running statistics equal to the batch's.
+* ActNorm (Kingma & Dhariwal 2018), the option without batch statistics: ``y = x · exp(log s) +
+  β``, ``log|det| = P · Σ_c log s_c``, with ``log s_c = −log(std_c + 1e-6)``, ``β_c = −mean_c ·
+  s_c`` set *once*, from one global batch, before the first step (``data_init``; outside the
+  compiled step, so it is the same on any device count).
+* Squeeze: ``(H, W, C) → (H/2, W/2, 4C)``, each 2×2 patch into channels (a permutation, log-det 0).
+
+Architecture: *points* — ``num_couplings`` vector couplings with MLP s/t nets, a normalisation
+after each. *Images* (§3.6, multi-scale) — per scale: 3 checkerboard couplings, squeeze, 3 channel
+couplings, then half the channels are factored out (they go to ``z``); at the last scale 4
+checkerboard couplings. ``num_scales`` scales need H and W divisible by ``2^(num_scales − 1)``.
+The s/t nets of images are ResNets (``gen_models.nn.ResNet``: ``resnet_blocks`` blocks of
+``resnet_features``; the paper adds batch norm and weight norm inside them, we do not).
+
+Images: pixels ``x ∈ {0..255}^D`` are dequantised, ``u = (x + ε)/256``, ``ε ~ U[0, 1)^D`` (a seeded
+draw in evaluation), then mapped with the logit transform of the authors' code::
+
+    y = α + (1 − 2α) u,   l = logit(y) = log y − log(1 − y),
+    log|det ∂l/∂u| = Σ_i [ log(1 − 2α) − log y_i − log(1 − y_i) ]          (α = 0.05)
+
+(the paper's text writes ``α + (1 − α)·x/256``, which is not symmetric around 1/2; we use the
+code's). ``l`` goes through the flow, so
+``log p(u) = log N(f(l)) + log|det ∂f/∂l| + log|det ∂l/∂u|`` is the density of ``u`` on
+``[0, 1)^D``, and the density of the dequantised pixels on ``[0, 256)^D`` is ``p(u) / 256^D``.
+Loss and logs of image flows are in **bits per dimension**::
+
+    bits/dim = (−log p(u) + D ln 256) / (D ln 2)
+
+plus ``l2 · Σ w²`` over the weights (kernels) of the s/t nets (paper: 5e-5). Points use the mean
+negative log-likelihood in nats per example, ``−E_b log p(x_b)``, as their loss.
+
+``sample(z)`` runs the inverse on ``z ~ N(0, T² I)`` (temperature ``T``), in evaluation mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import traverse_util
+
+from gen_models import devices
+from gen_models.config import base_config
+from gen_models.data import toy
+from gen_models.errors import UserError
+from gen_models.models import Family
+from gen_models.nn import MLP, ResNet, check_impl
+from gen_models.train_state import TrainState, apply_gradients
+
+NORMALIZATIONS = ("batchnorm", "actnorm", "none")
+LN2, LN256 = math.log(2.0), math.log(256.0)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every key of a RealNVP run; the defaults are the paper's CIFAR-10 settings."""
+  c = base_config()
+  c.model = "realnvp"
+  c.batch_size = 64
+  c.dataset.name = "cifar10"
+  c.flow = ml_collections.ConfigDict()
+  c.flow.normalization = "batchnorm"  # One of NORMALIZATIONS, after every coupling.
+  c.flow.bn_momentum = 0.9  # Running averages of batch norm (evaluation and inverse).
+  c.flow.bn_epsilon = 1e-4
+  c.flow.num_scales = 2  # Images: multi-scale levels (CIFAR-10: "downscale only once").
+  c.flow.resnet_blocks = 8
+  c.flow.resnet_features = 64
+  c.flow.num_couplings = 8  # Points: vector couplings.
+  c.flow.mlp_width = 128
+  c.flow.mlp_depth = 2
+  c.flow.alpha = 0.05  # Logit transform (module docstring).
+  c.flow.l2 = 5e-5  # Weight decay on the s/t net kernels.
+  c.flow.crop = 0  # Images: pixels cropped from each border before the flow (MNIST: 2).
+  c.flow.temperature = 1.0  # Of the sample PNGs.
+  c.flow.num_eval_points = 10_000  # Held-out examples of each evaluation.
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+  # > 0: the learning rate decays to 0 over this many steps (cosine); 0: constant. Its own key,
+  # not num_train_steps, which a resumed run may change.
+  c.optimizer.cosine_decay_steps = 0
+  return c
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers. Each maps ``(x, inverse, train) -> (y, log|det| (B,))``.
+
+
+def _pixels(x: jax.Array) -> int:
+  """Positions that share one channel's statistics: ``H·W`` for images, 1 for points."""
+  return math.prod(x.shape[1:-1])
+
+
+class BatchNorm(nn.Module):
+  """Batch normalisation with its log-det (module docstring); ``batch_stats``: mean, var."""
+
+  momentum: float = 0.9
+  epsilon: float = 1e-4
+
+  @nn.compact
+  def __call__(self, x: jax.Array, inverse: bool = False, train: bool = False):
+    c = x.shape[-1]
+    log_gamma = self.param("log_gamma", nn.initializers.zeros_init(), (c,))
+    beta = self.param("beta", nn.initializers.zeros_init(), (c,))
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,))
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (c,))
+    if train and not inverse:
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(x, axes)
+      var = jnp.mean(jnp.square(x - mean), axes)
+      if not self.is_initializing():
+        mu = self.momentum
+        ra_mean.value = mu * ra_mean.value + (1 - mu) * jax.lax.stop_gradient(mean)
+        ra_var.value = mu * ra_var.value + (1 - mu) * jax.lax.stop_gradient(var)
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    log_scale = log_gamma - 0.5 * jnp.log(var + self.epsilon)
+    logdet = jnp.full((x.shape[0],), _pixels(x) * jnp.sum(log_scale))
+    if inverse:
+      return (x - beta) * jnp.exp(-log_scale) + mean, -logdet
+    return (x - mean) * jnp.exp(log_scale) + beta, logdet
+
+
+class ActNorm(nn.Module):
+  """Per-channel affine ``y = x · exp(log s) + β`` (module docstring).
+
+  Applied with the collection ``actnorm_init`` mutable (and not inverse), it sets ``log s`` and
+  ``β`` from the batch it sees, writes them there and uses them: :func:`data_init`.
+  """
+
+  @nn.compact
+  def __call__(self, x: jax.Array, inverse: bool = False, train: bool = False):
+    del train
+    c = x.shape[-1]
+    log_scale = self.param("log_scale", nn.initializers.zeros_init(), (c,))
+    bias = self.param("bias", nn.initializers.zeros_init(), (c,))
+    if self.is_mutable_collection("actnorm_init") and not inverse:
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(x, axes)
+      std = jnp.sqrt(jnp.mean(jnp.square(x - mean), axes))
+      log_scale = -jnp.log(std + 1e-6)
+      bias = -mean * jnp.exp(log_scale)
+      self.put_variable("actnorm_init", "log_scale", log_scale)
+      self.put_variable("actnorm_init", "bias", bias)
+    logdet = jnp.full((x.shape[0],), _pixels(x) * jnp.sum(log_scale))
+    if inverse:
+      return (x - bias) * jnp.exp(-log_scale), -logdet
+    return x * jnp.exp(log_scale) + bias, logdet
+
+
+class AffineCoupling(nn.Module):
+  """An affine coupling (module docstring) with mask ``kind`` ∈ {vector, checkerboard, channel}.
+
+  The s/t net is an MLP (``hidden``) for vectors, a ResNet (``features``, ``blocks``) for
+  images; its zero-initialised last layer makes the coupling start as the identity.
+  """
+
+  kind: str
+  parity: int
+  hidden: Sequence[int] = (64,)
+  features: int = 64
+  blocks: int = 8
+  impl: str = "auto"
+
+  def _net(self, out: int) -> nn.Module:
+    if self.kind == "vector":
+      return MLP(tuple(self.hidden), out, zero_last=True, name="net")
+    return ResNet(self.features, self.blocks, out, zero_last=True, impl=self.impl, name="net")
+
+  def _s_t(self, cond: jax.Array, out: int) -> tuple[jax.Array, jax.Array]:
+    h = self._net(2 * out)(cond)
+    scale = self.param("scale", nn.initializers.ones_init(), (out,))
+    return scale * jnp.tanh(h[..., :out]), h[..., out:]
+
+  @nn.compact
+  def __call__(self, x: jax.Array, inverse: bool = False, train: bool = False):
+    del train
+    if self.kind == "channel":
+      c = x.shape[-1] // 2
+      kept, moved = (x[..., :c], x[..., c:]) if self.parity == 0 else (x[..., c:], x[..., :c])
+      s, t = self._s_t(kept, moved.shape[-1])
+      moved = (moved - t) * jnp.exp(-s) if inverse else moved * jnp.exp(s) + t
+      logdet = jnp.sum(s.reshape(s.shape[0], -1), axis=1)
+      y = jnp.concatenate([kept, moved] if self.parity == 0 else [moved, kept], axis=-1)
+      return y, -logdet if inverse else logdet
+    mask = self.mask(x.shape[1:], self.kind, self.parity)
+    cond = jnp.where(mask, x, 0.0)
+    if self.kind == "checkerboard":
+      b = jnp.broadcast_to(mask[..., :1].astype(x.dtype), (*x.shape[:-1], 1))
+      cond = jnp.concatenate([cond, b], axis=-1)
+    s, t = self._s_t(cond, x.shape[-1])
+    s = jnp.where(mask, 0.0, s)
+    moved = (x - t) * jnp.exp(-s) if inverse else x * jnp.exp(s) + t
+    y = jnp.where(mask, x, moved)
+    logdet = jnp.sum(s.reshape(s.shape[0], -1), axis=1)
+    return y, -logdet if inverse else logdet
+
+  @staticmethod
+  def mask(shape: tuple[int, ...], kind: str, parity: int) -> jax.Array:
+    """The kept positions ``b`` (bool), broadcastable to one example of ``shape``."""
+    if kind == "vector":
+      return jnp.arange(shape[-1]) % 2 == parity
+    h, w = jnp.arange(shape[0])[:, None], jnp.arange(shape[1])[None, :]
+    return ((h + w) % 2 == parity)[:, :, None] & jnp.ones((1, 1, shape[2]), bool)
+
+
+def squeeze(x: jax.Array) -> jax.Array:
+  """``(B, H, W, C)`` → ``(B, H/2, W/2, 4C)``; channel ``(2i + j)·C + c`` is pixel ``(i, j)`` of
+  each 2×2 patch."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h // 2, w // 2, 4 * c)
+
+
+def unsqueeze(x: jax.Array) -> jax.Array:
+  """The inverse of :func:`squeeze`: ``(B, H, W, 4C)`` → ``(B, 2H, 2W, C)``."""
+  b, h, w, c4 = x.shape
+  c = c4 // 4
+  x = x.reshape(b, h, w, 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, 2 * h, 2 * w, c)
+
+
+# ----------------------------------------------------------------------------------------------
+# The flow.
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """What the flow is built for: ``shape`` of one flow input (after cropping), ``num_scales``,
+  ``num_couplings`` (points), s/t net sizes and the normalisation layer."""
+
+  shape: tuple[int, ...]
+  normalization: str = "batchnorm"
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-4
+  num_scales: int = 2
+  num_couplings: int = 8
+  hidden: tuple[int, ...] = (64, 64)
+  features: int = 64
+  blocks: int = 8
+  impl: str = "auto"
+
+  @property
+  def is_image(self) -> bool:
+    return len(self.shape) == 3
+
+
+def layer_names(spec: Spec) -> list[tuple[str, str, int]]:
+  """The layers in data → latent order as ``(name, kind, parity)``; ``kind`` is a coupling mask,
+  ``"norm"``, ``"squeeze"`` or ``"factor"`` (factor out half the channels)."""
+  out = []
+
+  def coupling(name, kind, parity):
+    out.append((name, kind, parity))
+    if spec.normalization != "none":
+      out.append((f"{name}_norm", "norm", 0))
+
+  if not spec.is_image:
+    for k in range(spec.num_couplings):
+      coupling(f"coupling{k}", "vector", k % 2)
+    return out
+  for s in range(spec.num_scales):
+    last = s == spec.num_scales - 1
+    for k in range(4 if last else 3):
+      coupling(f"scale{s}/checkerboard{k}", "checkerboard", k % 2)
+    if not last:
+      out.append((f"scale{s}/squeeze", "squeeze", 0))
+      for k in range(3):
+        coupling(f"scale{s}/channel{k}", "channel", k % 2)
+      out.append((f"scale{s}/factor", "factor", 0))
+  return out
+
+
+class RealNVP(nn.Module):
+  """The whole flow: ``(x (B, *shape), inverse=False)`` → ``(z (B, D), log|det| (B,), per-layer
+  log-dets {name: (B,)})``; ``inverse=True`` maps ``z (B, D)`` back to ``(B, *shape)`` and
+  returns the inverse's log-dets (the negatives)."""
+
+  spec: Spec
+
+  def _layer(self, name: str, kind: str, parity: int) -> nn.Module:
+    spec, flat = self.spec, name.replace("/", "_")
+    if kind == "norm":
+      if spec.normalization == "actnorm":
+        return ActNorm(name=flat)
+      return BatchNorm(spec.bn_momentum, spec.bn_epsilon, name=flat)
+    return AffineCoupling(
+      kind, parity, spec.hidden, spec.features, spec.blocks, spec.impl, name=flat
+    )
+
+  def latent_shapes(self) -> list[tuple[int, ...]]:
+    """Shapes of the pieces of ``z`` (factored-out halves, then the last scale's output)."""
+    shape, out = self.spec.shape, []
+    if not self.spec.is_image:
+      return [shape]
+    h, w, c = shape
+    for _ in range(self.spec.num_scales - 1):
+      h, w, c = h // 2, w // 2, 4 * c
+      out.append((h, w, c // 2))
+      c //= 2
+    return [*out, (h, w, c)]
+
+  @nn.compact
+  def __call__(self, x: jax.Array, inverse: bool = False, train: bool = False):
+    layers = layer_names(self.spec)
+    pieces = self.latent_shapes()
+    b = x.shape[0]
+    per_layer = {}
+    if not inverse:
+      zs = []
+      for name, kind, parity in layers:
+        if kind == "squeeze":
+          x = squeeze(x)
+        elif kind == "factor":
+          c = x.shape[-1] // 2
+          zs.append(x[..., :c].reshape(b, -1))
+          x = x[..., c:]
+        else:
+          x, per_layer[name] = self._layer(name, kind, parity)(x, inverse=False, train=train)
+      z = jnp.concatenate([*zs, x.reshape(b, -1)], axis=1)
+      return z, sum(per_layer.values()), per_layer
+    sizes = np.cumsum([math.prod(p) for p in pieces])[:-1]
+    parts = [
+      p.reshape(b, *shape) for p, shape in zip(jnp.split(x, sizes, axis=1), pieces, strict=True)
+    ]
+    h, factored = parts[-1], parts[:-1]
+    for name, kind, parity in reversed(layers):
+      if kind == "squeeze":
+        h = unsqueeze(h)
+      elif kind == "factor":
+        h = jnp.concatenate([factored.pop(), h], axis=-1)
+      else:
+        h, per_layer[name] = self._layer(name, kind, parity)(h, inverse=True, train=False)
+    return h, sum(per_layer.values()), per_layer
+
+
+def standard_normal_log_prob(z: jax.Array) -> jax.Array:
+  """``log N(z; 0, I) = −½ |z|² − (D/2) log 2π`` per row: ``(B, D)`` → ``(B,)``."""
+  return -0.5 * jnp.sum(jnp.square(z), axis=1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data space ↔ flow space.
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+  """How examples reach the flow. ``image``: dataset images in ``[−1, 1]`` (``x/127.5 − 1``) are
+  pixels, cropped by ``crop`` on each border, dequantised and logit-transformed with ``alpha``;
+  otherwise the examples go in as they are."""
+
+  image: bool = False
+  alpha: float = 0.05
+  crop: int = 0
+
+
+def to_pixels(x: jax.Array, crop: int = 0) -> jax.Array:
+  """Dataset images in ``[−1, 1]`` → pixel values ``{0..255}`` (float32), cropped."""
+  p = jnp.clip(jnp.round((x + 1.0) * 127.5), 0.0, 255.0)
+  return p[:, crop : p.shape[1] - crop, crop : p.shape[2] - crop] if crop else p
+
+
+def logit_transform(u: jax.Array, alpha: float) -> tuple[jax.Array, jax.Array]:
+  """``u ∈ [0, 1)`` → ``(logit(α + (1 − 2α) u), log|det| (B,))`` (module docstring)."""
+  y = alpha + (1.0 - 2.0 * alpha) * u
+  ld = math.log(1.0 - 2.0 * alpha) - jnp.log(y) - jnp.log1p(-y)
+  return jnp.log(y) - jnp.log1p(-y), jnp.sum(ld.reshape(u.shape[0], -1), axis=1)
+
+
+def inverse_logit_transform(logits: jax.Array, alpha: float) -> jax.Array:
+  """``l`` → ``u = (σ(l) − α) / (1 − 2α)``: the inverse of :func:`logit_transform`."""
+  return (jax.nn.sigmoid(logits) - alpha) / (1.0 - 2.0 * alpha)
+
+
+def flow_input(x: jax.Array, key: jax.Array, prep: Preprocess) -> tuple[jax.Array, jax.Array]:
+  """``(flow input, log|det| (B,) of the preprocessing)``; images are dequantised with ``key``."""
+  if not prep.image:
+    return x, jnp.zeros((x.shape[0],), x.dtype)
+  pixels = to_pixels(x, prep.crop)
+  u = (pixels + jax.random.uniform(key, pixels.shape, pixels.dtype)) / 256.0
+  return logit_transform(u, prep.alpha)
+
+
+def log_prob(
+  variables: dict,
+  x: jax.Array,
+  key: jax.Array,
+  *,
+  flow: RealNVP,
+  prep: Preprocess,
+  train: bool = False,
+):
+  """``(log p (B,), new batch_stats, per-layer log-dets)`` of examples ``x (B, *example_shape)``.
+
+  Points: ``log p(x)`` in nats. Images: ``log p(u)``, the density of the dequantised pixels
+  ``u ∈ [0, 1)^D`` (module docstring). ``train``: batch statistics (and their running update).
+  """
+  h, pre_ld = flow_input(x, key, prep)
+  mutable = ["batch_stats"] if train else False
+  out = flow.apply(variables, h, inverse=False, train=train, mutable=mutable)
+  (z, ld, per_layer), new_vars = out if train else (out, {})
+  return standard_normal_log_prob(z) + ld + pre_ld, new_vars.get("batch_stats"), per_layer
+
+
+def bits_per_dim(log_p_u: jax.Array, num_dims: int) -> jax.Array:
+  """``(−log p(u) + D ln 256) / (D ln 2)`` for ``log p(u)`` on ``[0, 1)^D``."""
+  return (-log_p_u + num_dims * LN256) / (num_dims * LN2)
+
+
+def decode(h: jax.Array, prep: Preprocess) -> jax.Array:
+  """Flow space → dataset space: images as ``[−1, 1]`` pixels (border padded back with −1)."""
+  if not prep.image:
+    return h
+  u = inverse_logit_transform(h, prep.alpha)
+  pixels = jnp.clip(jnp.floor(u * 256.0), 0.0, 255.0)
+  x = pixels / 127.5 - 1.0
+  if prep.crop:
+    c = prep.crop
+    x = jnp.pad(x, ((0, 0), (c, c), (c, c), (0, 0)), constant_values=-1.0)
+  return x
+
+
+def _variables(state: TrainState) -> dict:
+  return {"params": state.params["flow"], **state.model_state["flow"]}
+
+
+def l2_penalty(params) -> jax.Array:
+  """``Σ w²`` over every kernel (weight matrix / conv filter) in ``params``."""
+  flat = traverse_util.flatten_dict(params)
+  return sum(jnp.sum(jnp.square(v)) for k, v in flat.items() if k[-1] == "kernel")
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure train step, sampling, evaluation.
+
+
+def train_step(
+  state: TrainState, batch: jax.Array, *, flow: RealNVP, prep: Preprocess, l2: float
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One Adam update on the mean NLL (points, nats) or bits/dim (images), plus ``l2 · Σ w²``.
+
+  Args:
+    state: ``params["flow"]``; ``model_state["flow"]`` holds ``batch_stats`` (batch norm).
+    batch: ``(1, B, *example_shape)`` float32.
+
+  Returns:
+    The new state and scalar metrics ``loss``, ``nll`` (nats per example; for images of the
+    pixels on ``[0, 256)^D``), ``log_det`` (batch mean of the flow's log|det|), and for images
+    ``bits_per_dim``.
+  """
+  x = batch[0]
+  key = jax.random.fold_in(state.step_key(), 0)
+  model_state = state.model_state["flow"]
+  num_dims = math.prod(flow.spec.shape)
+
+  def loss_fn(params):
+    log_p, stats, per_layer = log_prob(
+      {"params": params, **model_state}, x, key, flow=flow, prep=prep, train=True
+    )
+    nll = -jnp.mean(log_p)
+    if prep.image:
+      nll = nll + num_dims * LN256
+    objective = nll / (num_dims * LN2) if prep.image else nll
+    loss = objective + l2 * l2_penalty(params)
+    log_det = jnp.mean(sum(per_layer.values()))
+    return loss, (nll, log_det, stats)
+
+  (loss, (nll, log_det, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    state.params["flow"]
+  )
+  params, opt_state = apply_gradients(
+    state.tx["flow"], state.params["flow"], state.opt_state["flow"], grads
+  )
+  new_model_state = {"flow": {"batch_stats": stats}} if stats is not None else state.model_state
+  new_state = state.replace(
+    step=state.step + 1,
+    params={"flow": params},
+    opt_state={"flow": opt_state},
+    model_state=new_model_state,
+  )
+  metrics = {"loss": loss, "nll": nll, "log_det": log_det}
+  if prep.image:
+    metrics["bits_per_dim"] = nll / (num_dims * LN2)
+  return new_state, metrics
+
+
+def sample(
+  state: TrainState, rng: jax.Array, num: int, *, flow: RealNVP, prep: Preprocess, temperature
+) -> jax.Array:
+  """``num`` samples ``f⁻¹(z)``, ``z ~ N(0, T² I)``, in dataset space: ``(num, *example_shape)``."""
+  z = temperature * jax.random.normal(rng, (num, math.prod(flow.spec.shape)))
+  h, _, _ = flow.apply(_variables(state), z, inverse=True)
+  return decode(h, prep)
+
+
+def eval_log_prob(state: TrainState, x: jax.Array, key: jax.Array, *, flow, prep) -> jax.Array:
+  """Evaluation-mode ``log p`` of ``x (B, *example_shape)``: ``(B,)`` (see :func:`log_prob`)."""
+  return log_prob(_variables(state), x, key, flow=flow, prep=prep)[0]
+
+
+def layer_log_dets(state: TrainState, x: jax.Array, key: jax.Array, *, flow, prep) -> dict:
+  """Evaluation-mode per-layer log-dets ``{name: (B,)}`` of ``x``."""
+  return log_prob(_variables(state), x, key, flow=flow, prep=prep)[2]
+
+
+def check_finite_log_dets(per_layer: dict) -> None:
+  """A :class:`UserError` naming the first layer (data → latent) with a non-finite log-det."""
+  for name, ld in per_layer.items():
+    if not np.all(np.isfinite(np.asarray(ld))):
+      raise UserError(f"non-finite log-determinant in flow layer {name!r}")
+
+
+def evaluate(
+  state: TrainState,
+  rng: jax.Array,
+  reference: np.ndarray | None,
+  *,
+  log_prob_fn,
+  chunk: int,
+  num_dims: int,
+  image: bool,
+  true_log_density=None,
+) -> dict[str, float]:
+  """Held-out NLL (nats per example) of ``reference``, evaluation mode, seeded dequantisation.
+
+  Images add ``bits_per_dim``; a toy set with a known density adds ``true_nll`` (the exact
+  density's NLL on the same points) and ``nll_gap = nll − true_nll``. ``log_prob_fn(state, x,
+  key)`` is :func:`eval_log_prob`, jitted.
+  """
+  if reference is None or len(reference) == 0:
+    return {}
+  log_p = np.concatenate(
+    [
+      np.asarray(
+        devices.to_host(log_prob_fn(state, reference[i : i + chunk], jax.random.fold_in(rng, i)))
+      )
+      for i in range(0, len(reference), chunk)
+    ]
+  ).astype(np.float64)
+  out = {}
+  if image:
+    out["nll"] = float(-np.mean(log_p) + num_dims * LN256)
+    out["bits_per_dim"] = out["nll"] / (num_dims * LN2)
+  else:
+    out["nll"] = float(-np.mean(log_p))
+  if true_log_density is not None:
+    out["true_nll"] = float(-np.mean(true_log_density(reference)))
+    out["nll_gap"] = out["nll"] - out["true_nll"]
+  return out
+
+
+def data_init(state: TrainState, batch: jax.Array, *, flow: RealNVP, prep: Preprocess):
+  """ActNorm's data-dependent initialisation from one global batch ``(B, *example_shape)``.
+
+  Each ActNorm's ``log s, β`` are set so that its output on this batch has zero mean and unit
+  variance per channel (given the layers before it). The optimizer state (Adam's zero moments)
+  does not depend on the values, so it is kept.
+  """
+  key = jax.random.fold_in(state.rng, 7)
+  h, _ = flow_input(batch, key, prep)
+  _, new = flow.apply(_variables(state), h, mutable=["actnorm_init"])
+  flat = traverse_util.flatten_dict(state.params["flow"])
+  flat.update(traverse_util.flatten_dict(new.get("actnorm_init", {})))
+  return state.replace(params={"flow": traverse_util.unflatten_dict(flat)})
+
+
+def init(rng: jax.Array, *, flow: RealNVP, tx: optax.GradientTransformation) -> TrainState:
+  """Step-0 state (every coupling the identity); the run key is derived from ``rng``."""
+  key, run_key = jax.random.split(rng)
+  variables = flow.init(key, jnp.zeros((1, *flow.spec.shape)))
+  params = {"flow": variables["params"]}
+  model_state = {"flow": {k: v for k, v in variables.items() if k != "params"}}
+  return TrainState.create(params=params, tx={"flow": tx}, rng=run_key, model_state=model_state)
+
+
+def flow_shape(example_shape: Sequence[int], crop: int, num_scales: int) -> tuple[int, ...]:
+  """The flow's input shape for examples of ``example_shape``; a one-line error when the squeeze
+  cannot split it."""
+  shape = tuple(example_shape)
+  if len(shape) == 1:
+    if shape[0] < 2:
+      raise UserError(f"RealNVP needs points of dimension >= 2, got {shape[0]}")
+    return shape
+  if len(shape) != 3:
+    raise UserError(f"RealNVP takes points (d,) or images (H, W, C), got examples of {shape}")
+  h, w, c = shape[0] - 2 * crop, shape[1] - 2 * crop, shape[2]
+  if h < 1 or w < 1:
+    raise UserError(f"flow.crop={crop} leaves no pixels of {shape[0]}×{shape[1]} images")
+  k = 2 ** (num_scales - 1)
+  if h % k or w % k or (num_scales > 1 and h == k) or (num_scales == 1 and (h < 2 or w < 2)):
+    raise UserError(
+      f"image size {h}×{w} cannot be split by the squeeze of {num_scales} scales "
+      f"(H and W must be multiples of {k}, and > {k}); change flow.num_scales or flow.crop"
+    )
+  return (h, w, c)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bound:
+  """A config's flow with its functions bound: ``log_prob(state, x, key) -> (B,)`` and
+  ``layer_log_dets(state, x, key) -> {name: (B,)}`` (evaluation mode, see :func:`log_prob`)."""
+
+  flow: RealNVP
+  prep: Preprocess
+
+  def log_prob(self, state: TrainState, x: jax.Array, key: jax.Array) -> jax.Array:
+    return eval_log_prob(state, x, key, flow=self.flow, prep=self.prep)
+
+  def layer_log_dets(self, state: TrainState, x: jax.Array, key: jax.Array) -> dict:
+    return layer_log_dets(state, x, key, flow=self.flow, prep=self.prep)
+
+
+def bind(config: ml_collections.ConfigDict, example_shape: tuple[int, ...]) -> Bound:
+  """The flow and preprocessing of ``config`` for examples of ``example_shape``; bad settings
+  (and an image size the squeeze cannot split) are a one-line :class:`UserError`."""
+  f = config.flow
+  if f.normalization not in NORMALIZATIONS:
+    raise UserError(
+      f"unknown flow.normalization {f.normalization!r}; known: {', '.join(NORMALIZATIONS)}"
+    )
+  checks = [
+    ("flow.alpha", f.alpha, 0 <= f.alpha < 0.5, "in [0, 0.5)"),
+    ("flow.num_scales", f.num_scales, f.num_scales >= 1, ">= 1"),
+    ("flow.num_couplings", f.num_couplings, f.num_couplings >= 1, ">= 1"),
+    ("flow.l2", f.l2, f.l2 >= 0, ">= 0"),
+    ("flow.crop", f.crop, f.crop >= 0, ">= 0"),
+    ("flow.temperature", f.temperature, f.temperature >= 0, ">= 0"),
+    ("flow.bn_momentum", f.bn_momentum, 0 <= f.bn_momentum < 1, "in [0, 1)"),
+    ("flow.bn_epsilon", f.bn_epsilon, f.bn_epsilon > 0, "> 0"),
+    ("flow.num_eval_points", f.num_eval_points, f.num_eval_points >= 0, ">= 0"),
+  ]
+  for name, value, ok, want in checks:
+    if not (ok and math.isfinite(value)):
+      raise UserError(f"{name} must be {want}, got {value}")
+  image = len(example_shape) == 3
+  shape = flow_shape(example_shape, f.crop if image else 0, f.num_scales)
+  spec = Spec(
+    shape=shape,
+    normalization=f.normalization,
+    bn_momentum=float(f.bn_momentum),
+    bn_epsilon=float(f.bn_epsilon),
+    num_scales=int(f.num_scales),
+    num_couplings=int(f.num_couplings),
+    hidden=(int(f.mlp_width),) * int(f.mlp_depth),
+    features=int(f.resnet_features),
+    blocks=int(f.resnet_blocks),
+    impl=check_impl(config.conv_impl),
+  )
+  prep = Preprocess(image=image, alpha=float(f.alpha), crop=int(f.crop) if image else 0)
+  return Bound(RealNVP(spec), prep)
+
+
+def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...]) -> Family:
+  """Binds the config to the pure functions above; bad settings are a :class:`UserError`."""
+  f, opt = config.flow, config.optimizer
+  bound = bind(config, example_shape)
+  flow, prep = bound.flow, bound.prep
+  shape, image = flow.spec.shape, prep.image
+  if opt.cosine_decay_steps < 0:
+    raise UserError(f"optimizer.cosine_decay_steps must be >= 0, got {opt.cosine_decay_steps}")
+  lr = opt.learning_rate
+  if opt.cosine_decay_steps:
+    lr = optax.cosine_decay_schedule(lr, int(opt.cosine_decay_steps))
+  tx = optax.adam(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps)
+  name = config.dataset.name
+  true_density = functools.partial(toy.log_density, name) if name in toy.DENSITIES else None
+  critic = None
+  if not image and shape == (2,):  # The 2-D plot draws the learned log-density as contours.
+    critic = functools.partial(eval_log_prob, key=jax.random.key(0), flow=flow, prep=prep)
+  return Family(
+    init=functools.partial(init, flow=flow, tx=tx),
+    train_step=functools.partial(train_step, flow=flow, prep=prep, l2=float(f.l2)),
+    sample=functools.partial(sample, flow=flow, prep=prep, temperature=float(f.temperature)),
+    evaluate=functools.partial(
+      evaluate,
+      log_prob_fn=jax.jit(bound.log_prob),
+      chunk=max(config.batch_size, 1),
+      num_dims=math.prod(shape),
+      image=image,
+      true_log_density=true_density,
+    ),
+    num_reference=int(f.num_eval_points),
+    critic_values=critic,
+    data_init=functools.partial(data_init, flow=flow, prep=prep)
+    if f.normalization == "actnorm"
+    else None,
+  )

@@ -1,0 +1,31 @@
+"""A multi-layer perceptron whose last layer can start at zero (a coupling's identity start).
+
+``MLP(hidden, out)``: ``(B, d_in)`` → ``len(hidden)`` dense ReLU layers of widths ``hidden`` →
+dense ``out``: ``(B, out)``. Parameters: ``Σ_k (w_{k−1} + 1)·w_k`` with ``w_0 = d_in`` and the
+last width ``out``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+
+
+class MLP(nn.Module):
+  """Dense ReLU layers of widths ``hidden``, then a dense ``out`` layer (no activation).
+
+  ``zero_last``: the last layer's kernel and bias start at zero, so the output is 0 at init.
+  """
+
+  hidden: Sequence[int]
+  out: int
+  zero_last: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for width in self.hidden:
+      x = nn.relu(nn.Dense(width)(x))
+    init = nn.initializers.zeros_init() if self.zero_last else nn.initializers.lecun_normal()
+    return nn.Dense(self.out, kernel_init=init)(x)
