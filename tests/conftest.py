@@ -33,6 +33,23 @@ if os.environ.get("CI"):
   settings.load_profile("ci")
 
 
+def pytest_collection_modifyitems(config, items):
+  """Modules with tests marked ``slow`` run first, and those tests first within them (otherwise
+  the order is kept, and each module's tests stay together for its module fixtures): with
+  ``-n 2`` a minutes-long test scheduled last would leave the other worker idle until it ends."""
+  modules = {}
+  for item in items:
+    modules.setdefault(item.module.__name__, len(modules))
+  slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+  items.sort(
+    key=lambda item: (
+      item.module.__name__ not in slow_modules,
+      modules[item.module.__name__],
+      item.get_closest_marker("slow") is None,
+    )
+  )
+
+
 def pytest_unconfigure(config):
   if _OWN_CACHE:
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

@@ -56,6 +56,7 @@ def test_toy_smoke(arg, tmp_path):
   assert {"eval/w1", "eval/w1_noise_floor", "eval/w1_ratio"} <= set(final)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   ("name", "arg"),
   [
@@ -114,6 +115,7 @@ def test_realnvp_toy_smoke(arg, tmp_path):
   assert final["eval/nll_gap"] == final["eval/nll"] - final["eval/true_nll"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["realnvp_cifar10", "realnvp_mnist"])
 def test_realnvp_image_smoke(name, tmp_path):
   """The paper's multi-scale flow (tiny nets) on mock images: bits/dim logged, samples are

@@ -232,6 +232,7 @@ def test_cli_runs_images_through_inception(tmp_path, random_inception):
   assert got["is_mean"] == pytest.approx(expected_is[0], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_trainer_computes_image_metrics_with_inception(tmp_path, random_inception):
   import tensorflow_datasets as tfds
 

@@ -51,24 +51,6 @@ def family(request):
   return request.param
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(tmp_path_factory):
-  """A persistent XLA compilation cache for this module: runs that trace the same step (same
-  config, or one that differs only in seed or step counts) compile it once. A cached
-  executable is the one the first compile produced, so results are unchanged; it saves
-  minutes on a shared 2-core CPU."""
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-  old = {n: getattr(jax.config, n) for n in names}
-  jax.config.update(names[0], str(tmp_path_factory.mktemp("xla_cache")))
-  jax.config.update(names[1], 0.0)
-  yield
-  for n, v in old.items():
-    jax.config.update(n, v)
-  from jax.experimental.compilation_cache import compilation_cache
-
-  compilation_cache.reset_cache()
-
-
 def smoke_config(family="wgan_gp", **overrides):
   c = SMOKE[family]()
   for key, value in overrides.items():

@@ -20,10 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from test_trainer import (
-  _compilation_cache,  # noqa: F401  (module fixture: shared compiles)
-  smoke_config,
-)
+from test_trainer import smoke_config
 from test_wgan_gp_math import _input_dilated_convolutions
 
 from experiments.configs import wgan_gp_cifar10_resnet
@@ -313,7 +310,7 @@ def test_classifier_loss_and_accuracy():
 # ----------------------------------------------------------------------------------------------
 # One compiled conditional step of the `:conditional,smoke` config with EMA on (dequantisation,
 # lr decay and a generator batch of its own are on too), jitted exactly as the trainer does, so
-# that this module's compilation cache shares it with the smoke runs at the end; and the same
+# that the session's compilation cache shares it with the smoke runs at the end; and the same
 # step in bfloat16.
 
 
@@ -544,7 +541,7 @@ def test_bad_settings_are_one_line_user_errors(overrides, shape, fragment):
 
 # ----------------------------------------------------------------------------------------------
 # The AC-GAN config end to end: on mock CIFAR-10, then on a prepared miniature CIFAR-10 (the
-# second run reuses the first's compiled step through this module's compilation cache).
+# second run reuses the first's compiled step through the session's compilation cache).
 
 
 def test_conditional_smoke_on_mock_and_prepared_cifar10(tmp_path):
