@@ -36,24 +36,10 @@ LONG = {"num_train_steps": 100_000, "checkpoint_every_steps": 2, "log_every_step
 
 
 @pytest.fixture(scope="module")
-def cache_env(tmp_path_factory):
-  """A persistent compilation cache shared by this module's subprocesses and this process; the
-  environment of a one-device subprocess."""
-  cache = str(tmp_path_factory.mktemp("xla_cache"))
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-  old = {n: getattr(jax.config, n) for n in names}
-  jax.config.update(names[0], cache)
-  jax.config.update(names[1], 0.0)
-  yield {
-    "JAX_COMPILATION_CACHE_DIR": cache,
-    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=1",  # Subprocesses: one device.
-  }
-  for n, v in old.items():
-    jax.config.update(n, v)
-  from jax.experimental.compilation_cache import compilation_cache
-
-  compilation_cache.reset_cache()
+def cache_env():
+  """The environment of a one-device subprocess (it inherits the session's compilation cache
+  from conftest through the environment, as this process uses it)."""
+  return {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 
 
 def toy(**overrides):
