@@ -117,6 +117,12 @@ _LOOPS = flags.DEFINE_list(
   "critic_loops", ["unrolled", "scan"], "Critic loop variants: scan and/or unrolled."
 )
 _TORCH = flags.DEFINE_bool("torch", True, "Time the PyTorch eager peers too.")
+_TORCH_DEVICE = flags.DEFINE_enum(
+  "torch_device",
+  "auto",
+  ["auto", "cpu", "cuda"],
+  "Where the PyTorch peers run (auto: cuda when JAX's backend is a GPU, else cpu).",
+)
 _TORCH_THREADS = flags.DEFINE_integer(
   "torch_threads", None, "torch.set_num_threads for the peers (default: PyTorch's own)."
 )
@@ -261,8 +267,7 @@ def _torch_step(spec: dict) -> dict:
 
   from experiments import torch_peers
 
-  if spec.get("torch_threads"):
-    torch.set_num_threads(spec["torch_threads"])
+  sync = _torch_setup(spec)
   name, shape = spec["config"], CONFIGS[spec["config"]][1]
   config = _config(name, spec)
   torch_shape = shape if len(shape) == 1 else (shape[2], shape[0], shape[1])
@@ -273,18 +278,20 @@ def _torch_step(spec: dict) -> dict:
   else:
     peer, n_critic = torch_peers.WGANGP(config, shape, seed=config.seed), config.gan.n_critic
   gen = torch.Generator().manual_seed(0)
-  pool = [
-    torch.randn(n_critic, config.batch_size, *torch_shape, generator=gen) for _ in range(POOL)
-  ]
+  size = (n_critic, config.batch_size, *torch_shape)
+  pool = [torch.randn(size, generator=gen, device="cpu") for _ in range(POOL)]
   if config.model == "vae":
     pool = [(b > 1.28).float() for b in pool]  # Binary, about 10 % ones, as dSprites.
   if name.startswith("resnet"):  # 8-bit images, as the dequantisation expects.
-    pool = [torch.randint(0, 256, b.shape, generator=gen) / 127.5 - 1 for b in pool]
+    pool = [torch.randint(0, 256, size, generator=gen, device="cpu") / 127.5 - 1 for b in pool]
+  pool = [b.to(spec["torch_device"]) for b in pool]
   for i in range(spec["warmup"]):
     peer.step(pool[i % POOL])
+  sync()
   t0 = time.perf_counter()
   for i in range(spec["steps"]):
     metrics = peer.step(pool[i % POOL])
+  sync()
   elapsed = time.perf_counter() - t0
   if not all(np.isfinite(v) for v in metrics.values()):
     raise UserError(f"{name}: the PyTorch peer's losses are not finite")
@@ -295,8 +302,24 @@ def _torch_step(spec: dict) -> dict:
     "batch": config.batch_size,
     "torch_version": torch.__version__,
     "torch_threads": torch.get_num_threads(),
+    "torch_device": spec["torch_device"],
     "num_params": peer.num_params(),
   }
+
+
+def _torch_setup(spec: dict):
+  """Threads and default device of a PyTorch worker; returns its synchronisation function
+  (``torch.cuda.synchronize`` on a GPU: kernels run asynchronously there)."""
+  import torch
+
+  if spec.get("torch_threads"):
+    torch.set_num_threads(spec["torch_threads"])
+  if spec["torch_device"] == "cuda":
+    if not torch.cuda.is_available():
+      raise UserError("--torch_device=cuda, but PyTorch sees no CUDA device")
+    torch.set_default_device("cuda")
+    return torch.cuda.synchronize
+  return lambda: None
 
 
 def _best_time(fn, repeats: int) -> float:
@@ -331,8 +354,7 @@ def _jax_layers(spec: dict) -> dict:
 def _torch_layers(spec: dict) -> dict:
   import torch
 
-  if spec.get("torch_threads"):
-    torch.set_num_threads(spec["torch_threads"])
+  sync = _torch_setup(spec)
   out = {}
   for net, kind, k, size, c_in, c_out in LAYERS:
     # The padding that gives XLA's SAME output sizes (H/2, 2H) for even H.
@@ -347,10 +369,16 @@ def _torch_layers(spec: dict) -> dict:
       x = x.detach().requires_grad_(True)
       layer.zero_grad(set_to_none=True)
       layer(x).square().sum().backward()
+      sync()
 
     fwd_bwd()
     out[_layer_name(net, kind, k, size, c_in, c_out)] = 1000 * _best_time(fwd_bwd, spec["repeats"])
-  return {"ms": out, "torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
+  return {
+    "ms": out,
+    "torch_version": torch.__version__,
+    "torch_threads": torch.get_num_threads(),
+    "torch_device": spec["torch_device"],
+  }
 
 
 def _layer_name(net: str, kind: str, k: int, size: int, c_in: int, c_out: int) -> str:
@@ -411,7 +439,7 @@ def _step_rows(name: str, tmp: str) -> list[dict]:
   loops = _LOOPS.value if name not in ("vae", "flow") else ["-"]
   specs = []
   if _TORCH.value:
-    specs.append({"worker": "torch_step", **common, "torch_threads": _TORCH_THREADS.value})
+    specs.append({"worker": "torch_step", **common, **_torch_spec()})
   for impl in impls:
     for loop in loops:
       impl_key = None if impl == "-" else impl
@@ -424,7 +452,9 @@ def _step_rows(name: str, tmp: str) -> list[dict]:
     rows.append(
       {
         "config": name,
-        "framework": f"torch {result['torch_version']} eager" if torch_row else "jax",
+        "framework": (
+          f"torch {result['torch_version']} eager {result['torch_device']}" if torch_row else "jax"
+        ),
         "conv_impl": "-" if torch_row or spec.get("conv_impl") is None else spec["conv_impl"],
         "critic_loop": "-" if torch_row else spec["critic_loop"],
         "devices": 1,
@@ -445,6 +475,13 @@ def _step_rows(name: str, tmp: str) -> list[dict]:
   for r in rows:
     r["ratio"] = r["examples_per_s"] / baseline if baseline else None
   return rows
+
+
+def _torch_spec() -> dict:
+  device = _TORCH_DEVICE.value
+  if device == "auto":
+    device = "cuda" if jax.default_backend() == "gpu" else "cpu"
+  return {"torch_threads": _TORCH_THREADS.value, "torch_device": device}
 
 
 def _sweep_counts() -> list[tuple[int, bool]]:
@@ -493,7 +530,7 @@ def _layer_rows(tmp: str) -> list[dict]:
   repeats = _LAYER_REPEATS.value
   runs = []
   if _TORCH.value:
-    spec = {"worker": "torch_layers", "repeats": repeats, "torch_threads": _TORCH_THREADS.value}
+    spec = {"worker": "torch_layers", "repeats": repeats, **_torch_spec()}
     runs.append(("torch", "-", _spawn(spec, tmp)))
   for impl in ("xla", "space_to_depth", "subpixel"):
     spec = {"worker": "jax_layers", "conv_impl": impl, "repeats": repeats}

@@ -47,8 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.max_checkpoints_to_keep = 3
   c.async_checkpointing = True
-  # How conv nets compute their convolutions (gen_models/nn/conv.py): "auto" (space_to_depth on
-  # CPU, xla elsewhere), "xla" or "space_to_depth". The same function either way (round-off).
+  # How conv nets compute their convolutions (gen_models/nn/conv.py): "auto" (subpixel on CPU
+  # and GPU, xla on TPU), "xla", "space_to_depth" or "subpixel". The same function either way
+  # (round-off).
   c.conv_impl = "auto"
 
   c.dataset = ml_collections.ConfigDict()
