@@ -151,6 +151,10 @@ FLOWS = [
   ("vector_batchnorm", dict(VECTOR, normalization="batchnorm", bn_momentum=0.0)),
   ("vector_actnorm", dict(VECTOR, normalization="actnorm")),
   ("image_3_scales_none", dict(SMALL_IMAGE, shape=(8, 4, 1), num_scales=3, normalization="none")),
+  (
+    "image_2_scales_batchnorm",
+    dict(SMALL_IMAGE, shape=(4, 4, 2), normalization="batchnorm", bn_momentum=0.0),
+  ),
 ]
 
 
