@@ -184,6 +184,33 @@ def test_sigterm_saves_at_its_step_resumes_bit_exactly_and_bad_checkpoints_fall_
   assert set(os.listdir(os.path.join(workdir, "bad_checkpoints"))) == {"4", "6", "6.1", "8"}
 
 
+def test_sigint_alone_stops_like_sigterm_and_restores_the_previous_handler(tmp_path, monkeypatch):
+  """Ctrl-C (SIGINT, no SIGTERM) during step 2 → no KeyboardInterrupt: Stopped at step 2 with a
+  complete checkpoint there, the lock released and the previous SIGINT handler back."""
+  from gen_models import preemption
+
+  real_reached = preemption.StopRequests.reached
+  sent = []
+
+  def reached(self, step):
+    if step == 2 and not sent:
+      sent.append(step)
+      os.kill(os.getpid(), signal.SIGINT)
+    return real_reached(self, step)
+
+  before = signal.getsignal(signal.SIGINT)
+  workdir = str(tmp_path / "run")
+  monkeypatch.setattr(preemption.StopRequests, "reached", reached)
+  with pytest.raises(Stopped) as e:
+    trainer.train(toy(num_train_steps=10, checkpoint_every_steps=5), workdir, devices=ONE)
+  assert sent == [2]
+  assert (e.value.signal_name, e.value.step) == ("SIGINT", 2)
+  assert str(e.value).startswith("stopped by SIGINT at step 2; ")
+  assert steps_in(os.path.join(workdir, "checkpoints")) == [2]
+  assert signal.getsignal(signal.SIGINT) is before
+  assert read(os.path.join(workdir, "lock")) == ""
+
+
 def test_a_live_run_holds_the_workdir_and_a_dead_ones_lock_is_taken_over(
   tmp_path, cache_env, caplog
 ):
