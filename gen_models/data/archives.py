@@ -190,7 +190,11 @@ def prepared_name(name: str) -> str:
   return images.PREPARED_PREFIX + name
 
 
-def _spec(name: str, arrays: dict, image_shape: tuple[int, ...], homepage: str):
+def image_spec(name: str, arrays: dict, image_shape: tuple[int, ...], homepage: str):
+  """The :class:`gen_models.data.prepare.Spec` of image dataset ``name`` (``"mnist"`` or
+  ``"cifar10"``) from ``arrays``: split -> ``(images (n, *image_shape) uint8, labels (n,) int)``,
+  keys and order as TFDS's own builder."""
+
   def split_examples(split):
     def generate():
       images, labels = arrays[split]
@@ -218,7 +222,7 @@ def prepare_mnist(source: str, data_dir: str) -> str:
   prepare_lib.ensure_new(prepared_name("mnist"), VERSION, data_dir)
   arrays = read_mnist(source)
   return prepare_lib.write(
-    _spec("mnist", arrays, (28, 28, 1), "http://yann.lecun.com/exdb/mnist/"), data_dir
+    image_spec("mnist", arrays, (28, 28, 1), "http://yann.lecun.com/exdb/mnist/"), data_dir
   )
 
 
@@ -227,6 +231,5 @@ def prepare_cifar10(source: str, data_dir: str) -> str:
   (``data_dir/gen_models_cifar10/1.0.0``). Raises :class:`UserError` on any bad input."""
   prepare_lib.ensure_new(prepared_name("cifar10"), VERSION, data_dir)
   arrays = read_cifar10(source)
-  return prepare_lib.write(
-    _spec("cifar10", arrays, (32, 32, 3), "https://www.cs.toronto.edu/~kriz/cifar.html"), data_dir
-  )
+  homepage = "https://www.cs.toronto.edu/~kriz/cifar.html"
+  return prepare_lib.write(image_spec("cifar10", arrays, (32, 32, 3), homepage), data_dir)

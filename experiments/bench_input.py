@@ -1,0 +1,167 @@
+r"""Benchmark of the host input pipeline: what one train step's data costs (not a test).
+
+    python -m experiments.bench_input [--configs=toy,vae,cifar10,cifar10_resnet] [--steps=N] \
+        [--data_dir=DIR] [--examples=N] [--output=bench_input.json]
+
+For each config, the dataset is made exactly as the trainer makes it (``gen_models.data.create``)
+and ``--steps`` consecutive train steps of real data are drawn through the trainer's
+``StepIterator`` (``batches_per_step`` global batches each: 5 for a WGAN-GP critic loop), after
+one untimed step. ``input_steps_per_s`` is the most train steps per second this process's input
+can feed: compare it with the step rates of ``experiments.bench_train`` (docs/BENCHMARKS.md) to
+see whether a run on that device is input-bound.
+
+* ``toy``: ``wgan_gp_toy`` (2-D points, computed per batch).
+* ``vae``: ``beta_vae_dsprites`` on ``dsprites_procedural`` (rendered per batch).
+* ``cifar10``, ``cifar10_resnet``: ``wgan_gp_cifar10`` / ``wgan_gp_cifar10_resnet`` read through
+  ``tfds.data_source`` + grain from ``--data_dir`` when given (a prepared ``cifar10``), else from
+  ``--examples`` random 32×32×3 uint8 images with random labels written to a temporary data dir
+  by the same converter as ``prepare_data cifar10`` (``gen_models.data.archives``), so the
+  reading code is the real one and only the pixels are not CIFAR-10's.
+
+Runs in this process, one config after another; prints a table and writes JSON with the versions,
+date and load average (these machines are shared).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import tempfile
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from experiments import cli
+from gen_models.errors import UserError
+
+# name -> (config module, config argument or None, needs TFDS image data)
+CONFIGS = {
+  "toy": ("wgan_gp_toy", None, False),
+  "vae": ("beta_vae_dsprites", None, False),
+  "cifar10": ("wgan_gp_cifar10", None, True),
+  "cifar10_resnet": ("wgan_gp_cifar10_resnet", None, True),
+}
+COLUMNS = (
+  ("config", str),
+  ("dataset", str),
+  ("batch", str),
+  ("batches_per_step", str),
+  ("ms_per_step", lambda v: f"{v:.2f}"),
+  ("ms_per_example", lambda v: f"{v:.4f}"),
+  ("input_steps_per_s", lambda v: f"{v:.1f}"),
+  ("loadavg_1m", lambda v: f"{v:.1f}"),
+)
+
+_CONFIGS = flags.DEFINE_list("configs", list(CONFIGS), f"Any of {', '.join(CONFIGS)}.")
+_STEPS = flags.DEFINE_integer("steps", 50, "Timed train steps of data per config.")
+_DATA_DIR = flags.DEFINE_string(
+  "data_dir", None, "TFDS data dir holding a prepared cifar10 (default: synthetic images)."
+)
+_EXAMPLES = flags.DEFINE_integer(
+  "examples", 5000, "Train examples of the synthetic CIFAR-shaped dataset (without --data_dir)."
+)
+_OUTPUT = flags.DEFINE_string("output", "bench_input.json", "Where to write the JSON results.")
+
+
+def write_synthetic_cifar10(data_dir: str, examples: int, seed: int = 0) -> str:
+  """Random uint8 images ``(examples, 32, 32, 3)`` and labels in ``[0, 10)`` (train; a tenth as
+  many for test) written as the prepared ``cifar10`` under ``data_dir``; returns its directory."""
+  from gen_models.data import archives
+  from gen_models.data import prepare as prepare_lib
+
+  rng = np.random.default_rng(seed)
+  arrays = {
+    split: (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n))
+    for split, n in (("train", examples), ("test", max(1, examples // 10)))
+  }
+  return prepare_lib.write(archives.image_spec("cifar10", arrays, (32, 32, 3), ""), data_dir)
+
+
+def _config(name: str, data_dir: str | None):
+  import importlib
+
+  from gen_models import config as config_lib
+
+  module, arg, images = CONFIGS[name]
+  config = importlib.import_module(f"experiments.configs.{module}").get_config(arg)
+  if images:
+    config.dataset.data_dir = data_dir
+  return config_lib.validate(config)
+
+
+def measure(name: str, steps: int, data_dir: str | None) -> dict:
+  """One row: the host time of ``steps`` train steps of data for config ``name``."""
+  from gen_models import data as data_lib
+  from gen_models import models
+
+  config = _config(name, data_dir)
+  dataset = data_lib.create(config, config.batch_size)
+  family = models.make_family(config, dataset.shape)
+  k = family.batches_per_step
+  it = data_lib.StepIterator(dataset, k)
+  next(it)  # Opens files, fills caches, imports.
+  load = os.getloadavg()[0]
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    next(it)
+  elapsed = time.perf_counter() - t0
+  per_step = elapsed / steps
+  return {
+    "config": name,
+    "dataset": dataset.name,
+    "batch": config.batch_size,
+    "batches_per_step": k,
+    "timed_steps": steps,
+    "ms_per_step": 1000 * per_step,
+    "ms_per_example": 1000 * per_step / (k * config.batch_size),
+    "input_steps_per_s": 1 / per_step,
+    "loadavg_1m": max(load, os.getloadavg()[0]),
+  }
+
+
+def format_table(rows: list[dict]) -> str:
+  cells = [[c for c, _ in COLUMNS]] + [[fmt(r[c]) for c, fmt in COLUMNS] for r in rows]
+  widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+  return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells)
+
+
+def run() -> dict:
+  unknown = [n for n in _CONFIGS.value if n not in CONFIGS]
+  if unknown or not _CONFIGS.value:
+    raise UserError(f"--configs must name some of {', '.join(CONFIGS)}; got {_CONFIGS.value}")
+  if _STEPS.value < 1 or _EXAMPLES.value < 1:
+    raise UserError("--steps and --examples must be >= 1")
+  synthetic = None
+  with tempfile.TemporaryDirectory() as tmp:
+    data_dir = _DATA_DIR.value
+    if data_dir is None and any(CONFIGS[n][2] for n in _CONFIGS.value):
+      write_synthetic_cifar10(tmp, _EXAMPLES.value)
+      data_dir, synthetic = tmp, _EXAMPLES.value
+    rows = [measure(name, _STEPS.value, data_dir) for name in _CONFIGS.value]
+  return {
+    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "jax_version": jax.__version__,
+    "cpu_count": os.cpu_count(),
+    "python": platform.python_version(),
+    "machine": platform.machine(),
+    "cifar10": f"synthetic, {synthetic} train examples" if synthetic else _DATA_DIR.value,
+    "rows": rows,
+  }
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.quiet_library_logs()
+  results = cli.run_user_errors_as_exit(run)
+  print(f"jax {results['jax_version']}, {results['cpu_count']} cores, {results['date']}")
+  print(format_table(results["rows"]))
+  cli.run_user_errors_as_exit(lambda: cli.write_json(_OUTPUT.value, results))
+  print(f"wrote {_OUTPUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
