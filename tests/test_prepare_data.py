@@ -168,6 +168,38 @@ def test_datasets_read_prepared_images_with_labels(prepared, name, pad):
   np.testing.assert_array_equal(plain.batch(1), ds.batch(1)["image"])
 
 
+@pytest.mark.parametrize(("name", "pad"), [("mnist", 2), ("cifar10", 0)])
+def test_in_memory_batches_equal_reading_each_record_through_grain(prepared, name, pad):
+  """The training split read into memory once gives the same arrays (values, dtypes), in the
+  same order, as reading every record through ``MapDataset.source(source).shuffle(seed)
+  .repeat().map(...).batch(B)`` — over three epochs (a new permutation each)."""
+  import grain
+  import tensorflow_datasets as tfds
+
+  source = tfds.data_source(f"gen_models_{name}", split="train", data_dir=prepared["dir"])
+
+  def record(r):
+    x = np.asarray(r["image"], np.float32) / 127.5 - 1.0
+    x = np.pad(x, ((pad, pad), (pad, pad), (0, 0)), constant_values=-1.0)
+    return {"image": x, "label": np.asarray(r["label"], np.int32)}
+
+  reference = (
+    grain.MapDataset.source(source)
+    .shuffle(seed=7)
+    .repeat()
+    .map(record)
+    .batch(4, drop_remainder=True)
+  )
+  config = _config(name, prepared["dir"])
+  config.seed = 7
+  ds = data.create(config, 4)
+  for i in range(3 * (len(source) // 4) + 1):
+    got, want = ds.batch(i), reference[i]
+    for key in ("image", "label"):
+      assert got[key].dtype == want[key].dtype and got[key].shape == want[key].shape
+      np.testing.assert_array_equal(got[key], want[key])
+
+
 def test_cifar10_record_layout_is_channel_major():
   r, g = np.full(1024, 10, np.uint8), np.full(1024, 20, np.uint8)
   b = (np.arange(1024) % 251).astype(np.uint8)  # Pixel (row, col) of the B plane: 32·row + col.

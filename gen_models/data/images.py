@@ -6,6 +6,12 @@ pixels each side, as DCGAN-style 32×32 nets expect). Global batch ``i`` holds s
 ``[i·B, (i+1)·B)``; process ``p`` reads rows ``[p·B/P, (p+1)·B/P)`` of it. With ``labels=True`` a
 batch is ``{"image": (B, H, W, C) float32, "label": (B,) int32}``.
 
+The training split is read once, when the dataset is made, into one uint8 array (CIFAR-10: 150
+MB, MNIST: 47 MB): reading and parsing a record costs ~0.5 ms, so 64 records per batch capped a
+WGAN-GP step (5 batches) at a few steps/s, far below what an accelerator runs
+(``python -m experiments.bench_input``, docs/BENCHMARKS.md). The batches are the same arrays,
+in the same order, as reading each record through grain: only the time differs.
+
 Where the examples come from (:func:`open_source`): the TFDS dataset ``gen_models_<name>`` that
 ``python -m experiments.prepare_data <name>`` wrote (:mod:`gen_models.data.archives`) if the data
 dir has one, else TFDS's own ``<name>`` (``tfds build``, or ``tfds.testing.mock_data`` in tests).
@@ -81,14 +87,26 @@ def _image(pad: int):
   return fn
 
 
-def _image_and_label(pad: int):
-  """Record → ``{"image": (H, W, C) float32, "label": () int32}``."""
-  image = _image(pad)
-
-  def fn(record) -> dict[str, np.ndarray]:
-    return {"image": image(record), "label": np.asarray(record["label"], np.int32)}
-
-  return fn
+def read_split(source, labels: bool, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray | None]:
+  """Every record of ``source`` (a TFDS data source of ``{"image", "label"}`` records) in order:
+  ``(images (N, H, W, C) uint8, labels (N,) int64 or None)``, read ``chunk`` records at a time."""
+  n = len(source)
+  if n == 0:
+    raise UserError("the prepared split has no examples")
+  first = np.asarray(source[0]["image"])
+  images = np.empty((n, *first.shape), np.uint8)
+  out_labels = np.empty((n,), np.int64) if labels else None
+  for start in range(0, n, chunk):
+    keys = list(range(start, min(n, start + chunk)))
+    try:
+      records = source.__getitems__(keys)  # One batched array_record read.
+    except (AttributeError, TypeError):  # tfds.testing.mock_data's sources: one at a time.
+      records = [source[i] for i in keys]
+    for i, record in zip(keys, records, strict=True):
+      images[i] = record["image"]
+      if out_labels is not None:
+        out_labels[i] = record["label"]
+  return images, out_labels
 
 
 class TfdsImageDataset:
@@ -121,18 +139,28 @@ class TfdsImageDataset:
     source = open_source(name, split, data_dir)
     self._num_processes, self._process = jax.process_count(), jax.process_index()
     local = global_batch_size // self._num_processes
-    self._batches = (
-      grain.MapDataset.source(source)
+    self._pad = pad
+    self._images, self._labels = read_split(source, labels)
+    # Batches of example indices: element j of batch i is example shuffled(i·B_local + j), as in
+    # MapDataset.source(source).shuffle(seed).repeat().batch(B_local).
+    self._indices = (
+      grain.MapDataset.range(len(self._images))
       .shuffle(seed=seed)
       .repeat()
-      .map(_image_and_label(pad) if labels else self._image)
       .batch(local, drop_remainder=True)
     )
 
   def batch(self, index: int) -> np.ndarray | dict[str, np.ndarray]:
     """This process's rows of global batch ``index``: ``(B_local, H, W, C)`` float32, or with
     labels ``{"image": (B_local, H, W, C) float32, "label": (B_local,) int32}``."""
-    return self._batches[index * self._num_processes + self._process]
+    rows = np.asarray(self._indices[index * self._num_processes + self._process])
+    images = self._images[rows].astype(np.float32) / 127.5 - 1.0
+    if self._pad:
+      p = self._pad
+      images = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-1.0)
+    if self._labels is None:
+      return images
+    return {"image": images, "label": self._labels[rows].astype(np.int32)}
 
   def reference(self, n: int) -> np.ndarray:
     """The first ``min(n, size)`` examples of the eval split, images only: ``(n, H, W, C)``."""
