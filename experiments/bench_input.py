@@ -122,12 +122,6 @@ def measure(name: str, steps: int, data_dir: str | None) -> dict:
   }
 
 
-def format_table(rows: list[dict]) -> str:
-  cells = [[c for c, _ in COLUMNS]] + [[fmt(r[c]) for c, fmt in COLUMNS] for r in rows]
-  widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-  return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells)
-
-
 def run() -> dict:
   unknown = [n for n in _CONFIGS.value if n not in CONFIGS]
   if unknown or not _CONFIGS.value:
@@ -158,7 +152,7 @@ def main(argv):
   cli.quiet_library_logs()
   results = cli.run_user_errors_as_exit(run)
   print(f"jax {results['jax_version']}, {results['cpu_count']} cores, {results['date']}")
-  print(format_table(results["rows"]))
+  print(cli.format_table(results["rows"], COLUMNS))
   cli.run_user_errors_as_exit(lambda: cli.write_json(_OUTPUT.value, results))
   print(f"wrote {_OUTPUT.value}")
 

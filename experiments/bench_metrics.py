@@ -444,14 +444,6 @@ COLUMNS = (
 )
 
 
-def format_table(rows: list[dict]) -> str:
-  cells = [[c for c, _ in COLUMNS]]
-  for r in rows:
-    cells.append(["-" if r[c] is None else fmt(r[c]) for c, fmt in COLUMNS])
-  widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-  return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells)
-
-
 def format_targets(targets: list[dict]) -> str:
   lines = []
   for t in targets:
@@ -520,7 +512,7 @@ def main(argv):
     f"jax {results['jax_version']}, {results['num_devices']} × {results['device_kind']}, "
     f"{results['cpu_count']} CPUs, {results['date']}"
   )
-  print(format_table(results["rows"]))
+  print(cli.format_table(results["rows"], COLUMNS))
   print(format_targets(results["targets"]))
   cli.run_user_errors_as_exit(lambda: cli.write_json(_OUTPUT.value, results))
   print(f"wrote {_OUTPUT.value}")

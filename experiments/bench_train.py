@@ -554,14 +554,6 @@ def _layer_rows(tmp: str) -> list[dict]:
   return rows
 
 
-def format_table(rows: list[dict], columns) -> str:
-  cells = [[c for c, _ in columns]]
-  for r in rows:
-    cells.append(["-" if r.get(c) is None else fmt(r[c]) for c, fmt in columns])
-  widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-  return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells)
-
-
 def run() -> dict:
   unknown = [n for n in _CONFIGS.value if n not in CONFIGS]
   if unknown or not _CONFIGS.value:
@@ -616,11 +608,11 @@ def main(argv):
     f"jax {results['jax_version']}, {results['num_devices']} × {results['device_kind']}, "
     f"{results['date']}"
   )
-  print(format_table(results["rows"], STEP_COLUMNS))
+  print(cli.format_table(results["rows"], STEP_COLUMNS))
   if results["device_sweep"]:
-    print(format_table(results["device_sweep"], SWEEP_COLUMNS))
+    print(cli.format_table(results["device_sweep"], SWEEP_COLUMNS))
   if results["layers"]:
-    print(format_table(results["layers"], LAYER_COLUMNS))
+    print(cli.format_table(results["layers"], LAYER_COLUMNS))
   cli.run_user_errors_as_exit(lambda: cli.write_json(_OUTPUT.value, results))
   print(f"wrote {_OUTPUT.value}")
 

@@ -154,3 +154,13 @@ def write_json(path: str, obj: object, sort_keys: bool = False) -> None:
     os.replace(tmp, path)
   except OSError as e:
     raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def format_table(rows: list[dict], columns) -> str:
+  """A right-aligned text table of ``rows``: ``columns`` is ``(key, formatter)`` pairs; a missing
+  or None value prints as ``-`` (the benchmarks' tables)."""
+  cells = [[c for c, _ in columns]]
+  for r in rows:
+    cells.append(["-" if r.get(c) is None else fmt(r[c]) for c, fmt in columns])
+  widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+  return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells)
