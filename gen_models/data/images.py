@@ -7,8 +7,8 @@ pixels each side, as DCGAN-style 32×32 nets expect). Global batch ``i`` holds s
 batch is ``{"image": (B, H, W, C) float32, "label": (B,) int32}``.
 
 The training split is read once, when the dataset is made, into one uint8 array (CIFAR-10: 150
-MB, MNIST: 47 MB): reading and parsing a record costs ~0.5 ms, so 64 records per batch capped a
-WGAN-GP step (5 batches) at a few steps/s, far below what an accelerator runs
+MB, MNIST: 47 MB): reading and parsing a record costs ~0.3 ms, so 64 records per batch capped a
+WGAN-GP step (5 batches) at about 10 steps/s, far below what an accelerator runs
 (``python -m experiments.bench_input``, docs/BENCHMARKS.md). The batches are the same arrays,
 in the same order, as reading each record through grain: only the time differs.
 
