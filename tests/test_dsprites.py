@@ -132,9 +132,9 @@ def test_ground_truth_interface():
 
 def test_batches_are_a_seeded_shuffle_of_the_grid():
   ds = dsprites.ProceduralDSprites(SMOKE, 64, seed=3)
-  epoch = np.concatenate([ds._batches[i] for i in range(6)])  # 384 / 64 = 6 batches per epoch.
+  epoch = np.concatenate([ds._rows(i) for i in range(6)])  # 384 / 64 = 6 batches per epoch.
   np.testing.assert_array_equal(np.sort(epoch), np.arange(384))
-  np.testing.assert_array_equal(ds.batch(2), ds.images(ds._batches[2]))
+  np.testing.assert_array_equal(ds.batch(2), ds.images(ds._rows(2)))
   again = dsprites.ProceduralDSprites(SMOKE, 64, seed=3)
   np.testing.assert_array_equal(again.batch(7), ds.batch(7))
   other = dsprites.ProceduralDSprites(SMOKE, 64, seed=4)

@@ -61,9 +61,9 @@ from __future__ import annotations
 import math
 import os
 
-import grain
 import numpy as np
 
+from gen_models.data import order
 from gen_models.data import prepare as prepare_lib
 from gen_models.errors import UserError
 
@@ -236,21 +236,6 @@ class GroundTruth:
     )
 
 
-def _local_batches(num_examples: int, global_batch_size: int, seed: int):
-  """grain's seeded per-epoch shuffle of example indices, in batches of this process's rows
-  (as :class:`gen_models.data.images.TfdsImageDataset`): local batch ``i·P + p``."""
-  import jax
-
-  local = global_batch_size // jax.process_count()
-  batches = (
-    grain.MapDataset.range(num_examples)
-    .shuffle(seed=seed)
-    .repeat()
-    .batch(local, drop_remainder=True)
-  )
-  return batches, jax.process_count(), jax.process_index()
-
-
 def _reference_indices(num_examples: int, n: int, seed: int) -> np.ndarray:
   rng = np.random.default_rng(np.random.SeedSequence([seed, REFERENCE_STREAM]))
   return np.sort(rng.choice(num_examples, size=min(n, num_examples), replace=False))
@@ -273,9 +258,7 @@ class ProceduralDSprites(GroundTruth):
       raise ValueError(f"not a procedural dSprites name: {name!r}")
     super().__init__(full_grid_values() if name == "dsprites_procedural" else smoke_grid_values())
     self.name, self.seed = name, seed
-    self._batches, self._num_processes, self._process = _local_batches(
-      self.num_examples, global_batch_size, seed
-    )
+    self._rows = order.ProcessBatches(self.num_examples, global_batch_size, seed)
 
   def images(self, index) -> np.ndarray:
     """Images ``(n, 64, 64, 1)`` float32 of example indices ``(n,)``."""
@@ -286,7 +269,7 @@ class ProceduralDSprites(GroundTruth):
     return render(self.factor_values(factors))[..., None].astype(np.float32)
 
   def batch(self, index: int) -> np.ndarray:
-    return self.images(self._batches[index * self._num_processes + self._process])
+    return self.images(self._rows(index))
 
   def reference(self, n: int) -> np.ndarray:
     return self.images(_reference_indices(self.num_examples, n, self.seed))
@@ -342,9 +325,7 @@ class DSprites(GroundTruth):
         values[j][c] = self._source[c * base]["factor_values"][j]
     super().__init__(tuple(values))
     self.name, self.seed = name, seed
-    self._batches, self._num_processes, self._process = _local_batches(
-      self.num_examples, global_batch_size, seed
-    )
+    self._rows = order.ProcessBatches(self.num_examples, global_batch_size, seed)
 
   def images(self, index) -> np.ndarray:
     """Images ``(n, 64, 64, 1)`` float32 of example indices ``(n,)``."""
@@ -359,7 +340,7 @@ class DSprites(GroundTruth):
     return self.images(self.index_of(factors))
 
   def batch(self, index: int) -> np.ndarray:
-    return self.images(self._batches[index * self._num_processes + self._process])
+    return self.images(self._rows(index))
 
   def reference(self, n: int) -> np.ndarray:
     return self.images(_reference_indices(self.num_examples, n, self.seed))

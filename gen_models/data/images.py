@@ -1,6 +1,7 @@
 """Image datasets read with ``tfds.data_source`` (array_record, no TensorFlow) and grain.
 
-Examples are shuffled by ``grain.MapDataset.shuffle`` (a new permutation each epoch), mapped to
+Examples are shuffled as by ``grain.MapDataset.shuffle`` (a new permutation each epoch;
+:mod:`gen_models.data.order`), mapped to
 float32 in ``[-1, 1]`` (``x / 127.5 - 1``) and, for MNIST, zero-padded from 28×28 to 32×32 (2
 pixels each side, as DCGAN-style 32×32 nets expect). Global batch ``i`` holds shuffled examples
 ``[i·B, (i+1)·B)``; process ``p`` reads rows ``[p·B/P, (p+1)·B/P)`` of it. With ``labels=True`` a
@@ -20,9 +21,9 @@ Both hold the same images, labels, splits and order.
 
 from __future__ import annotations
 
-import grain
 import numpy as np
 
+from gen_models.data import order
 from gen_models.errors import UserError
 
 VALUE_RANGE = (-1.0, 1.0)  # Model-space pixel values (``x / 127.5 - 1``).
@@ -129,31 +130,22 @@ class TfdsImageDataset:
     eval_split: str = "test",
     labels: bool = False,
   ):
-    import jax
-
     self.name = name
     self.shape, pad = IMAGE_DATASETS[name]
     self._image = _image(pad)
     self.num_classes = NUM_CLASSES[name] if labels else None
     self._data_dir, self._eval_split = data_dir, eval_split
+    order.check_seed(seed)  # Before reading anything.
     source = open_source(name, split, data_dir)
-    self._num_processes, self._process = jax.process_count(), jax.process_index()
-    local = global_batch_size // self._num_processes
     self._pad = pad
     self._images, self._labels = read_split(source, labels)
-    # Batches of example indices: element j of batch i is example shuffled(i·B_local + j), as in
-    # MapDataset.source(source).shuffle(seed).repeat().batch(B_local).
-    self._indices = (
-      grain.MapDataset.range(len(self._images))
-      .shuffle(seed=seed)
-      .repeat()
-      .batch(local, drop_remainder=True)
-    )
+    # grain's MapDataset.source(source).shuffle(seed).repeat().batch(B_local) order.
+    self._rows = order.ProcessBatches(len(self._images), global_batch_size, seed)
 
   def batch(self, index: int) -> np.ndarray | dict[str, np.ndarray]:
     """This process's rows of global batch ``index``: ``(B_local, H, W, C)`` float32, or with
     labels ``{"image": (B_local, H, W, C) float32, "label": (B_local,) int32}``."""
-    rows = np.asarray(self._indices[index * self._num_processes + self._process])
+    rows = self._rows(index)
     images = self._images[rows].astype(np.float32) / 127.5 - 1.0
     if self._pad:
       p = self._pad

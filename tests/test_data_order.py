@@ -1,0 +1,38 @@
+"""The example order computed per batch equals grain's shuffle → repeat → batch datasets."""
+
+import grain
+import numpy as np
+import pytest
+
+from gen_models.data import order
+from gen_models.errors import UserError
+
+
+@pytest.mark.parametrize(
+  ("n", "b", "seed"),
+  [(37, 8, 0), (37, 8, 2**32 - 2), (64, 64, 5), (10, 3, 123), (1, 4, 9), (1000, 64, 2**31)],
+)
+def test_batch_indices_equal_grains_shuffled_repeated_batches(n, b, seed):
+  """Batches across several epochs (and straddling their boundaries), seeds that wrap past 2³²,
+  one-example datasets, batches larger than the dataset."""
+  ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat().batch(b, drop_remainder=True)
+  for i in [*range(12), 4 * n // b + 1, 1000]:
+    got = order.batch_indices(n, b, seed, i)
+    assert got.dtype == np.int64 and got.shape == (b,)
+    np.testing.assert_array_equal(got, np.asarray(ds[i]))
+
+
+def test_each_epoch_is_a_permutation_and_a_new_one():
+  n, b, seed = 48, 8, 3
+  stream = np.concatenate([order.batch_indices(n, b, seed, i) for i in range(3 * n // b)])
+  epochs = stream.reshape(3, n)
+  for e in epochs:
+    np.testing.assert_array_equal(np.sort(e), np.arange(n))
+  assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
+
+
+def test_seed_out_of_range_is_one_line():
+  assert order.check_seed(2**32 - 1) == 2**32 - 1
+  for bad in (-1, 2**32):
+    with pytest.raises(UserError, match=r"seed must be in \[0, 2\*\*32\)"):
+      order.check_seed(bad)
