@@ -2,7 +2,8 @@ r"""Benchmark of the compiled train steps against their PyTorch eager peers (not
 
     python -m experiments.bench_train [--configs=toy,cifar10] [--steps=N] [--warmup=N] \
         [--batch_size=B] [--conv_impls=subpixel,xla] [--critic_loops=scan,unrolled] \
-        [--torch] [--layers] [--device_sweep=1,2,4,8] [--output=bench_train.json]
+        [--torch] [--torch_device=auto|cpu|cuda] [--layers] [--device_sweep=1,2,4,8] \
+        [--output=bench_train.json]
 
 **Steps.** For each config: the family's ``train_step`` jitted exactly as the trainer does (state
 replicated, batch ``(n_critic, B, *shape)`` split over ``data`` on axis 1, state donated), with
@@ -10,10 +11,12 @@ the time of ``.lower(...).compile()``, then ``--warmup`` untimed steps and ``--s
 steps, for every ``--conv_impls`` × ``--critic_loops`` variant (``conv_impl``, and the n_critic
 critic updates as a rolled ``lax.scan`` or unrolled: ``gan.unroll_critic``). With ``--torch``
 (default on), the same nets and step in PyTorch eager (``experiments/torch_peers.py``) on the
-same batch shapes. ``gen_steps_per_s`` counts generator updates (one per train step, after its
-``n_critic`` critic updates); ``examples_per_s = n_critic · B · gen_steps_per_s``; ``ratio`` is
-a row's ``examples_per_s`` over the PyTorch peer's (> 1: faster than PyTorch). Batches are on
-the devices before timing, so the numbers are of the step alone, without the input pipeline.
+same batch shapes, on ``--torch_device`` (``auto``: CUDA when JAX's backend is a GPU; timed
+between ``torch.cuda.synchronize`` calls there). ``gen_steps_per_s`` counts generator updates
+(one per train step, after its ``n_critic`` critic updates); ``examples_per_s = n_critic · B ·
+gen_steps_per_s``; ``ratio`` is a row's ``examples_per_s`` over the PyTorch peer's (> 1: faster
+than PyTorch). Batches are on the devices before timing, so the numbers are of the step alone,
+without the input pipeline (``experiments.bench_input`` measures that).
 
 * ``toy``: ``experiments/configs/wgan_gp_toy.py`` (MLP), batches of the real 2-D toy dataset.
 * ``cifar10``: ``experiments/configs/wgan_gp_cifar10.py`` (DCGAN) on 32×32×3 standard-normal
@@ -283,7 +286,7 @@ def _torch_step(spec: dict) -> dict:
   if config.model == "vae":
     pool = [(b > 1.28).float() for b in pool]  # Binary, about 10 % ones, as dSprites.
   if name.startswith("resnet"):  # 8-bit images, as the dequantisation expects.
-    pool = [torch.randint(0, 256, size, generator=gen, device="cpu") / 127.5 - 1 for b in pool]
+    pool = [torch.randint(0, 256, size, generator=gen, device="cpu") / 127.5 - 1 for _ in pool]
   pool = [b.to(spec["torch_device"]) for b in pool]
   for i in range(spec["warmup"]):
     peer.step(pool[i % POOL])

@@ -143,8 +143,8 @@ class WGANGP:
   updates ``L_D = E D(x̃) − E D(x) + λ E(‖∇D(x̂)‖ − 1)²`` (one real batch each), then one
   generator update ``L_G = −E D(G(z))``; Adam for both. With the ResNet nets also the
   dequantisation of the real images and the generator's own batch size (the learning-rate
-  decay, a scalar per step, is left out). Always float32: the peer runs on the CPU, where
-  bfloat16 autocast made one ResNet step take minutes (2026-11-26, batch 8, one thread)."""
+  decay, a scalar per step, is left out). Always float32: on the CPU, bfloat16 autocast made one
+  ResNet step take minutes (2026-11-26, batch 8, one thread)."""
 
   def __init__(self, config, example_shape: tuple[int, ...], seed: int = 0):
     torch.manual_seed(seed)
