@@ -145,6 +145,24 @@ def test_batches_are_a_seeded_shuffle_of_the_grid():
   assert len(np.unique(dsprites._reference_indices(384, 384, seed=3))) == 384  # All distinct.
 
 
+def test_rendered_images_are_kept_and_equal_a_fresh_render():
+  """Images are rendered once and kept as packed bits: batches of the first epoch, the same
+  batches again (from memory) and observations with repeated factors all equal a fresh render."""
+  ds = dsprites.ProceduralDSprites(SMOKE, 64, seed=3)
+  fresh = lambda f: dsprites.render(ds.factor_values(f))[..., None].astype(np.float32)
+  assert not ds._rendered.any()
+  first = [ds.batch(i) for i in range(6)]  # One epoch of the 384-image grid.
+  assert ds._rendered.all()
+  for i, b in enumerate(first):
+    assert b.dtype == np.float32 and b.shape == (64, 64, 64, 1)
+    np.testing.assert_array_equal(b, fresh(ds.factors_of(ds._rows(i))))
+    np.testing.assert_array_equal(ds.batch(i), b)
+  np.testing.assert_array_equal(ds.batch(6), fresh(ds.factors_of(ds._rows(6))))  # Epoch 2.
+  f = ds.sample_factors(50, np.random.default_rng(0))
+  f[1] = f[0]  # A repeated observation.
+  np.testing.assert_array_equal(ds.observations(f), fresh(f))
+
+
 def test_batch_rows_do_not_depend_on_the_process_count(monkeypatch):
   single = [dsprites.ProceduralDSprites(SMOKE, 32, seed=1).batch(i) for i in range(3)]
   parts = []
