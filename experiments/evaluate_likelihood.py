@@ -26,6 +26,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import cli
+from gen_models.data import images
 from gen_models.errors import UserError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained flow run.")
@@ -69,10 +70,8 @@ def check_data(x: np.ndarray, example_shape: tuple[int, ...], crop: int) -> np.n
       f"image flows take integer pixel values in [0, 256); --data has values in "
       f"[{np.nanmin(x)}, {np.nanmax(x)}]" + ("" if np.all(x == np.floor(x)) else " (non-integers)")
     )
-  x = x.astype(np.float32) / 127.5 - 1.0  # The datasets' model space.
-  if x.shape[1:] == inner and crop:
-    x = np.pad(x, ((0, 0), (crop, crop), (crop, crop), (0, 0)), constant_values=-1.0)
-  return x
+  # The datasets' model space, padded back to the run's shape if given uncropped.
+  return images.to_model_space(x, crop if x.shape[1:] == inner else 0)
 
 
 def run() -> dict:

@@ -76,16 +76,13 @@ def _first_line(e: Exception) -> str:
   return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def _image(pad: int):
-  """Record → its image ``(H, W, C)`` float32 in ``[-1, 1]``, zero (-1) padded by ``pad``."""
-
-  def fn(record) -> np.ndarray:
-    x = np.asarray(record["image"], np.float32) / 127.5 - 1.0
-    if pad:
-      x = np.pad(x, ((pad, pad), (pad, pad), (0, 0)), constant_values=-1.0)
-    return x
-
-  return fn
+def to_model_space(images: np.ndarray, pad: int) -> np.ndarray:
+  """uint8 images ``(n, H, W, C)`` → float32 ``x / 127.5 − 1`` in ``[-1, 1]``, zero (-1) padded by
+  ``pad`` pixels on each side: ``(n, H + 2·pad, W + 2·pad, C)``."""
+  x = np.asarray(images).astype(np.float32) / 127.5 - 1.0
+  if pad:
+    x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-1.0)
+  return x
 
 
 def read_split(source, labels: bool, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray | None]:
@@ -131,13 +128,11 @@ class TfdsImageDataset:
     labels: bool = False,
   ):
     self.name = name
-    self.shape, pad = IMAGE_DATASETS[name]
-    self._image = _image(pad)
+    self.shape, self._pad = IMAGE_DATASETS[name]
     self.num_classes = NUM_CLASSES[name] if labels else None
     self._data_dir, self._eval_split = data_dir, eval_split
     order.check_seed(seed)  # Before reading anything.
     source = open_source(name, split, data_dir)
-    self._pad = pad
     self._images, self._labels = read_split(source, labels)
     # grain's MapDataset.source(source).shuffle(seed).repeat().batch(B_local) order.
     self._rows = order.ProcessBatches(len(self._images), global_batch_size, seed)
@@ -146,10 +141,7 @@ class TfdsImageDataset:
     """This process's rows of global batch ``index``: ``(B_local, H, W, C)`` float32, or with
     labels ``{"image": (B_local, H, W, C) float32, "label": (B_local,) int32}``."""
     rows = self._rows(index)
-    images = self._images[rows].astype(np.float32) / 127.5 - 1.0
-    if self._pad:
-      p = self._pad
-      images = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-1.0)
+    images = to_model_space(self._images[rows], self._pad)
     if self._labels is None:
       return images
     return {"image": images, "label": self._labels[rows].astype(np.int32)}
@@ -158,7 +150,7 @@ class TfdsImageDataset:
     """The first ``min(n, size)`` examples of the eval split, images only: ``(n, H, W, C)``."""
     source = open_source(self.name, self._eval_split, self._data_dir)
     n = min(n, len(source))
-    return np.stack([self._image(source[i]) for i in range(n)])
+    return to_model_space(np.stack([source[i]["image"] for i in range(n)]), self._pad)
 
 
 def to_uint8(x: np.ndarray, value_range: tuple[float, float] = VALUE_RANGE) -> np.ndarray:
