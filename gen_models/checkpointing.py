@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import Sharding
 
-from gen_models.errors import UserError
+from gen_models.errors import UserError, first_line
 from gen_models.logs import warning
 from gen_models.train_state import TrainState
 
@@ -29,13 +29,6 @@ BAD_DIR = "bad_checkpoints"  # Sibling of the checkpoint directory: where bad st
 
 def _to_saveable(state: TrainState) -> TrainState:
   return state.replace(rng=jax.random.key_data(state.rng))
-
-
-def _reason(e: BaseException) -> str:
-  """The first line of an exception's message, shortened (orbax's run to hundreds of lines)."""
-  lines = str(e).strip().splitlines()
-  text = lines[0] if lines else type(e).__name__
-  return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _all_agree(ok: bool) -> bool:
@@ -132,7 +125,7 @@ class Checkpointer:
         if restored_step != step:
           error = f"it holds step {restored_step}"
       except Exception as e:  # Orbax and tensorstore raise ValueError, OSError, KeyError, ...
-        error = _reason(e)
+        error = first_line(e, max_len=160)
       if _all_agree(error is None):
         return step, state, data_state
       error = error or "it failed on another process"

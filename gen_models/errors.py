@@ -33,3 +33,13 @@ class Stopped(Exception):
       "run the same command to resume"
     )
     self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+
+
+def first_line(e: BaseException, max_len: int | None = None) -> str:
+  """The first line of ``e``'s message (its type's name if empty), cut to ``max_len`` characters
+  with ``...`` (library messages, orbax's in particular, run to hundreds of lines)."""
+  lines = str(e).strip().splitlines()
+  text = lines[0] if lines else type(e).__name__
+  if max_len is not None and len(text) > max_len:
+    text = text[: max_len - 3] + "..."
+  return text

@@ -65,7 +65,7 @@ import numpy as np
 
 from gen_models.data import order
 from gen_models.data import prepare as prepare_lib
-from gen_models.errors import UserError
+from gen_models.errors import UserError, first_line
 
 FACTOR_NAMES = ("shape", "scale", "orientation", "pos_x", "pos_y")
 FACTOR_SIZES = (3, 6, 40, 32, 32)
@@ -314,8 +314,7 @@ def open_source(data_dir: str | None):
     source = tfds.data_source(TFDS_NAME, split="train", data_dir=data_dir, download=False)
     sizes = tuple(int(s) for s in source.dataset_info.metadata["factor_sizes"])
   except Exception as e:  # TFDS raises several types for "not prepared"; all mean the same here.
-    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise _not_prepared(where, reason) from None
+    raise _not_prepared(where, first_line(e)) from None
   if len(source) != math.prod(sizes):
     raise _not_prepared(where, f"{len(source)} examples for a factor grid of {sizes}")
   return source, sizes

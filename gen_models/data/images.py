@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from gen_models.data import order
-from gen_models.errors import UserError
+from gen_models.errors import UserError, first_line
 
 VALUE_RANGE = (-1.0, 1.0)  # Model-space pixel values (``x / 127.5 - 1``).
 
@@ -64,16 +64,12 @@ def open_source(name: str, split: str, data_dir: str | None):
   except tfds.core.registered.DatasetNotFoundError:
     pass  # No prepared copy: TFDS's own dataset (a `tfds build` directory, or its mock) next.
   except Exception as e:  # A prepared copy that cannot be read (e.g. no such split).
-    raise not_prepared(name, where, f"{prepared} split {split!r}: {_first_line(e)}") from None
+    raise not_prepared(name, where, f"{prepared} split {split!r}: {first_line(e)}") from None
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # TFDS raises several types for "not prepared"; all mean the same here.
-    reason = f"no {prepared}; {name} split {split!r}: {_first_line(e)}"
+    reason = f"no {prepared}; {name} split {split!r}: {first_line(e)}"
     raise not_prepared(name, where, reason) from None
-
-
-def _first_line(e: Exception) -> str:
-  return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def to_model_space(images: np.ndarray, pad: int) -> np.ndarray:
