@@ -66,6 +66,7 @@ from gen_models.divergences import wasserstein1
 from gen_models.errors import UserError
 from gen_models.models import Family
 from gen_models.models.wgan_gp_resnet import ResNetCritic, ResNetGenerator
+from gen_models.nn import MLP as _MLP
 from gen_models.nn import Conv, ConvTranspose, check_impl
 from gen_models.train_state import TrainState, apply_gradients, ema_update
 
@@ -116,22 +117,10 @@ def default_config() -> ml_collections.ConfigDict:
 # Networks.
 
 
-class MLP(nn.Module):
-  """``depth`` ReLU layers of ``width`` units, then a linear layer to ``out_dim``.
-
-  Input ``(B, d_in)`` → output ``(B, out_dim)``.
-  """
-
-  width: int
-  depth: int
-  out_dim: int
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-    del train
-    for _ in range(self.depth):
-      x = nn.relu(nn.Dense(self.width)(x))
-    return nn.Dense(self.out_dim)(x)
+def MLP(width: int, depth: int, out_dim: int) -> _MLP:
+  """The toy nets: ``depth`` ReLU layers of ``width`` units, then a linear layer to ``out_dim``
+  (:class:`gen_models.nn.MLP`). Input ``(B, d_in)`` → output ``(B, out_dim)``."""
+  return _MLP((width,) * depth, out_dim)
 
 
 class DCGANGenerator(nn.Module):

@@ -17,6 +17,8 @@ class MLP(nn.Module):
   """Dense ReLU layers of widths ``hidden``, then a dense ``out`` layer (no activation).
 
   ``zero_last``: the last layer's kernel and bias start at zero, so the output is 0 at init.
+  ``train`` is accepted and unused (no batch statistics), so that it takes the call of every
+  family's nets (the WGAN-GP toy nets, RealNVP's vector couplings).
   """
 
   hidden: Sequence[int]
@@ -24,7 +26,8 @@ class MLP(nn.Module):
   zero_last: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    del train
     for width in self.hidden:
       x = nn.relu(nn.Dense(width)(x))
     init = nn.initializers.zeros_init() if self.zero_last else nn.initializers.lecun_normal()
