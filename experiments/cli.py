@@ -37,8 +37,10 @@ class _QuietLibraries(py_logging.Filter):
   NOISY = ("/orbax/", "/jax/_src/", "/tensorstore/", "/grain/", "/tensorflow_datasets/")
 
   def filter(self, record: py_logging.LogRecord) -> bool:
-    if "/orbax/" in record.pathname or record.name == "asyncio":
-      return record.levelno >= py_logging.ERROR and record.name != "asyncio"
+    if record.name == "asyncio":  # A failed restore's closed-loop noise (below).
+      return False
+    if "/orbax/" in record.pathname:
+      return record.levelno >= py_logging.ERROR
     return record.levelno > py_logging.INFO or not any(s in record.pathname for s in self.NOISY)
 
 
