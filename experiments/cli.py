@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 from gen_models.errors import EXIT_ERROR, EXIT_STOPPED, Stopped, UserError
 
@@ -133,6 +133,23 @@ def run_user_errors_as_exit(fn: Callable[[], object]) -> object:
     logging.flush()
     print(str(e), file=sys.stderr, flush=True)
     sys.exit(EXIT_STOPPED)
+
+
+def results_main(run: Callable[[], dict], width: int, output: flags.FlagHolder | None = None):
+  """The ``main(argv)`` of an evaluation command: no positional arguments, quiet library logs,
+  ``run()`` with user errors as one line, its results printed (keys right-aligned to ``width``)
+  and, with ``output``, ``wrote <path>``."""
+
+  def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    quiet_library_logs()
+    results = run_user_errors_as_exit(run)
+    print_results(results, width=width)
+    if output is not None:
+      print(f"wrote {output.value}")
+
+  return main
 
 
 def print_results(results: dict, width: int) -> None:

@@ -170,13 +170,7 @@ def run() -> dict:
   return results
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.quiet_library_logs()
-  results = cli.run_user_errors_as_exit(run)
-  cli.print_results(results, width=28)
-  print(f"wrote {_OUTPUT.value}")
+main = cli.results_main(run, width=28, output=_OUTPUT)
 
 
 if __name__ == "__main__":
