@@ -188,6 +188,9 @@ def test_checkerboard_support_and_density():
   np.testing.assert_array_equal(toy.log_density("checkerboard", x), -math.log(32))
   outside = np.array([[1.0, 3.0], [-3.0, -1.0], [4.5, 0.5], [0.5, -4.5]])
   assert np.all(toy.log_density("checkerboard", outside) == -np.inf)
+  # The squares are half-open: the corner (−4, −4) is inside, the edge x = 4 is not.
+  edges = toy.log_density("checkerboard", np.array([[-4.0, -4.0], [4.0, 0.5], [0.5, 4.0]]))
+  np.testing.assert_array_equal(edges, [-np.log(32.0), -np.inf, -np.inf])
 
 
 def test_two_moons_log_density_quadrature_is_converged():

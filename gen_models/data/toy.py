@@ -99,8 +99,7 @@ def _log_density_wide(x: np.ndarray) -> np.ndarray:
 
 def _log_density_checkerboard(x: np.ndarray) -> np.ndarray:
   i, j = np.floor(x[:, 0] / 2), np.floor(x[:, 1] / 2)
-  inside = (np.abs(x[:, 0]) < 4) & (np.abs(x[:, 1]) < 4) & ((i + j) % 2 == 0)
-  inside &= (x[:, 0] >= -4) & (x[:, 1] >= -4)
+  inside = np.all((x >= -4) & (x < 4), axis=1) & ((i + j) % 2 == 0)  # The half-open [−4, 4)².
   return np.where(inside, -math.log(32.0), -np.inf)
 
 
