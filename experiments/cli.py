@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
+from gen_models import config as config_lib
 from gen_models.errors import EXIT_ERROR, EXIT_STOPPED, Stopped, UserError
 
 _COORDINATOR = flags.DEFINE_string(
@@ -183,3 +184,32 @@ def format_table(rows: list[dict], columns) -> str:
     cells.append(["-" if r.get(c) is None else fmt(r[c]) for c, fmt in columns])
   widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
   return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells)
+
+
+def workdir_members(path: str, member: int | None):
+  """The members to evaluate of a population's workdir ``path`` (all, or ``member``); None when
+  ``path`` is not a population's workdir (a file, or a single run). A ``member`` out of range,
+  or given for something that is not a population, is a one-line error."""
+  from gen_models import population, runs
+
+  config_path = os.path.join(path, "config.json")
+  if not (os.path.isdir(path) and os.path.exists(config_path)):
+    if member is not None:
+      raise UserError(f"--member={member} needs a population's workdir, got {path}")
+    return None
+  config = config_lib.validate(runs.read_config(config_path))
+  if not population.is_population(config):
+    if member not in (None, 0):
+      raise UserError(f"--member={member} is out of range: {path} is a single run (member 0)")
+    return None
+  return population.select(population.members(config), member)
+
+
+def member_row(member) -> dict:
+  """The identifying columns of a member's row in a results JSON."""
+  return {
+    "member": member.index,
+    "name": member.name,
+    "seed": member.seed,
+    "hparams": member.hparams,
+  }

@@ -11,6 +11,10 @@ REAL and FAKE are each one of
 - a workdir: ``--num_samples`` samples are drawn from its latest checkpoint (as
   ``experiments.sample`` does, with ``--seed``).
 
+A population's workdir as FAKE is evaluated member by member (every member, or ``--member``):
+the JSON then holds ``members``, a row per member with its ``member`` index, ``name``, ``seed``,
+``hparams`` and the metrics.
+
 The JSON holds ``fid``, ``is_mean``, ``is_std``, ``kid_mean``, ``kid_std``, ``precision``,
 ``recall``, ``density``, ``coverage`` (those requested), the sample counts and the k's. Argument
 order is ``(real, fake)``: precision/density measure fidelity, recall/coverage diversity.
@@ -53,6 +57,7 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 10_000, "Samples drawn from a
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the KID subsets and of workdir sampling.")
 _KID_SUBSETS = flags.DEFINE_integer("kid_subsets", 100, "KID: number of random subsets.")
 _KID_SUBSET_SIZE = flags.DEFINE_integer("kid_subset_size", 1000, "KID: subset size.")
+_MEMBER = flags.DEFINE_integer("member", None, "A population workdir's member (default: all).")
 _SAVE_REAL_STATS = flags.DEFINE_string(
   "save_real_stats", None, "Also write the real features' FID statistics to this .npz."
 )
@@ -70,11 +75,17 @@ def _arrays_of(path: str) -> dict[str, np.ndarray]:
     raise UserError(f"cannot read {path}: {type(e).__name__}: {e}") from None
 
 
-def load_side(path: str, which: str, progress) -> tuple[np.ndarray | None, dict, str]:
-  """``(samples or None, extra arrays, kind)`` of one input; kind: images, features or stats."""
+def load_side(
+  path: str, which: str, progress, member: int | None = None
+) -> tuple[np.ndarray | None, dict, str]:
+  """``(samples or None, extra arrays, kind)`` of one input; kind: images, features or stats.
+  ``member``: a population workdir's member to sample."""
   if os.path.isdir(path):
-    samples, kind, step = draw_samples(path, _NUM_SAMPLES.value, _SEED.value, _BATCH_SIZE.value)
-    logs.info(f"{which}: {len(samples)} samples from {path} at step {step}")
+    samples, kind, step = draw_samples(
+      path, _NUM_SAMPLES.value, _SEED.value, _BATCH_SIZE.value, member
+    )
+    who = f" member {member}" if member is not None else ""
+    logs.info(f"{which}: {len(samples)} samples from {path}{who} at step {step}")
     return samples, {}, "images" if kind == "images" else "features"
   if not os.path.exists(path):
     raise UserError(f"--{which}={path} does not exist")
@@ -113,10 +124,12 @@ def load_side(path: str, which: str, progress) -> tuple[np.ndarray | None, dict,
   )
 
 
-def features_of(path: str, which: str, progress, made: dict) -> evaluate.Features:
+def features_of(
+  path: str, which: str, progress, made: dict, member: int | None = None
+) -> evaluate.Features:
   """One side's features; ``made`` keeps the extractor per kind, so that real and fake images
   share one loaded and compiled Inception."""
-  samples, extra, kind = load_side(path, which, progress)
+  samples, extra, kind = load_side(path, which, progress, member)
   if kind == "stats":
     return evaluate.Features(stats=extra["stats"])
   if len(samples) < 2:
@@ -146,7 +159,9 @@ def run() -> dict:
   progress = logs.ProgressBar()
   made: dict = {}
   real = features_of(_REAL.value, "real", progress, made)
-  fake = features_of(_FAKE.value, "fake", progress, made)
+  members = cli.workdir_members(_FAKE.value, _MEMBER.value)
+  if members is None:
+    fake = features_of(_FAKE.value, "fake", progress, made)
   if _SAVE_REAL_STATS.value:
     if real.features is None:
       raise UserError("--save_real_stats needs real features, not statistics")
@@ -154,7 +169,7 @@ def run() -> dict:
       fid_lib.save_stats(_SAVE_REAL_STATS.value, fid_lib.feature_stats(real.features))
     except OSError as e:
       raise UserError(f"cannot write {_SAVE_REAL_STATS.value}: {e.strerror or e}") from None
-  results = evaluate.compute(
+  compute = lambda fake: evaluate.compute(
     real,
     fake,
     metrics,
@@ -165,6 +180,14 @@ def run() -> dict:
     seed=_SEED.value,
     progress=progress,
   )
+  if members is None:
+    results = compute(fake)
+  else:
+    rows = []
+    for m in members:
+      row = compute(features_of(_FAKE.value, "fake", progress, made, m.index))
+      rows.append({**cli.member_row(m), **row})
+    results = {"members": rows}
   results["ties"] = _TIES.value
   cli.write_json(output, results, sort_keys=True)
   return results

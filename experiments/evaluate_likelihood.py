@@ -14,6 +14,10 @@ Printed and written: ``nll_nats`` (mean negative log-likelihood per example) and
 ``num_examples``, ``num_dims``, ``dequantization_samples``, ``step``. ``--log_probs`` writes
 every example's log-density (nats, float64). The evaluation is in evaluation mode (batch norm
 with its running statistics), on this process's devices.
+
+A population's run is evaluated member by member (every member, or ``--member=I``): the JSON
+holds ``members``, a row per member with its ``member`` index, ``name``, ``seed``, ``hparams``
+and the numbers above; ``--log_probs`` is then ``(members, N)``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ _LOG_PROBS = flags.DEFINE_string("log_probs", None, "Optional .npy of every exam
 _DEQUANT = flags.DEFINE_integer("dequantization_samples", 1, "Dequantisation draws per image.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Examples per compiled call.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the dequantisation noise.")
+_MEMBER = flags.DEFINE_integer("member", None, "A population's member (default: every member).")
 flags.mark_flags_as_required(["workdir", "data"])
 
 
@@ -77,8 +82,7 @@ def check_data(x: np.ndarray, example_shape: tuple[int, ...], crop: int) -> np.n
 def run() -> dict:
   import jax
 
-  from gen_models import devices as dev
-  from gen_models import trainer
+  from gen_models import population, runs
   from gen_models.models import realnvp
 
   if _DEQUANT.value < 1 or _BATCH_SIZE.value < 1:
@@ -96,7 +100,8 @@ def run() -> dict:
     if model != "realnvp":
       raise UserError(f"{_WORKDIR.value} holds a {model!r} run, not a flow (model 'realnvp')")
   raw = load_data(_DATA.value)
-  config, family, state = trainer.load_run(_WORKDIR.value, jax.local_devices())
+  config, family, state, members = runs.load_members(_WORKDIR.value, jax.local_devices())
+  chosen = runs.member_states(config, state, members, _MEMBER.value)
   from gen_models import data as data_lib
 
   example_shape = data_lib.example_shape(config)
@@ -108,6 +113,35 @@ def run() -> dict:
   num_dims = math.prod(flow_family.flow.spec.shape)
   key = jax.random.key(_SEED.value)
   k = _DEQUANT.value if image else 1
+  rows = []
+  for member, state in chosen:
+    one = _member_log_prob(state, x, key, k, log_prob_fn, layers_fn, num_dims, image)
+    results, log_p = one
+    if population.is_population(config):
+      results = {**cli.member_row(member), **results}
+    rows.append((results, log_p))
+  if not population.is_population(config):
+    results, log_p = rows[0]
+  else:
+    results = {"members": [r for r, _ in rows]}
+    log_p = np.stack([lp for _, lp in rows])  # (members, N)
+  if _OUTPUT.value:
+    cli.write_json(_OUTPUT.value, results, sort_keys=True)
+  if _LOG_PROBS.value:
+    try:
+      np.save(_LOG_PROBS.value, log_p)
+    except OSError as e:
+      raise UserError(f"cannot write {_LOG_PROBS.value}: {e.strerror or e}") from None
+  return results
+
+
+def _member_log_prob(state, x, key, k, log_prob_fn, layers_fn, num_dims, image):
+  """``(results, log p (N,))`` of one run's state on ``x``, ``k`` dequantisations averaged."""
+  import jax
+
+  from gen_models import devices as dev
+  from gen_models.models import realnvp
+
   total = np.zeros(len(x))
   for draw in range(k):
     for i, start in enumerate(range(0, len(x), _BATCH_SIZE.value)):
@@ -133,14 +167,7 @@ def run() -> dict:
     "dequantization_samples": k,
     "step": int(dev.to_host(state.step)),
   }
-  if _OUTPUT.value:
-    cli.write_json(_OUTPUT.value, results, sort_keys=True)
-  if _LOG_PROBS.value:
-    try:
-      np.save(_LOG_PROBS.value, log_p)
-    except OSError as e:
-      raise UserError(f"cannot write {_LOG_PROBS.value}: {e.strerror or e}") from None
-  return results
+  return results, log_p
 
 
 main = cli.results_main(run, width=22)

@@ -1,14 +1,16 @@
 r"""Write samples of a trained run to a ``.npy`` file.
 
     python -m experiments.sample --workdir=/tmp/run --num_samples=10000 --output=samples.npy \
-        [--seed=S] [--batch_size=B]
+        [--seed=S] [--batch_size=B] [--member=I]
 
 Reads ``<workdir>/config.json``, restores the latest checkpoint (no training data is loaded) and
 draws ``num_samples`` samples in chunks of ``batch_size``. Chunk ``i`` uses the key
 ``fold_in(key(seed), i)``, ``seed`` defaulting to the run's ``config.seed``, so a given
 ``(seed, batch_size, num_samples)`` always gives the same file. Output: image runs
 ``(N, H, W, C)`` uint8 in ``[0, 255]``; point runs ``(N, D)`` float32. Written with
-``np.save`` (no pickle). Runs in one process on the local devices.
+``np.save`` (no pickle). Runs in one process on the local devices. A population's run
+(``population.seeds`` / ``population.sweep``) needs ``--member``, the member's index
+(``<workdir>/members.json``); its seed defaults to the member's own.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Number of samples to w
 _OUTPUT = flags.DEFINE_string("output", None, "Output file; must end in .npy.")
 _SEED = flags.DEFINE_integer("seed", None, "Sampling seed (default: the run's config.seed).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 1024, "Samples per compiled sampling call.")
+_MEMBER = flags.DEFINE_integer("member", None, "A population's member to sample (its index).")
 flags.mark_flags_as_required(["workdir", "num_samples", "output"])
 
 
@@ -48,11 +51,16 @@ def _check_output(path: str) -> str:
 
 
 def sample_to_file(
-  workdir: str, num_samples: int, output: str, seed: int | None, batch_size: int
+  workdir: str,
+  num_samples: int,
+  output: str,
+  seed: int | None,
+  batch_size: int,
+  member: int | None = None,
 ) -> tuple[tuple[int, ...], int]:
   """Writes the samples; returns ``(shape of the saved array, checkpoint step)``."""
   output = _check_output(output)
-  samples, _, step = sampling.draw_samples(workdir, num_samples, seed, batch_size)
+  samples, _, step = sampling.draw_samples(workdir, num_samples, seed, batch_size, member)
   try:
     np.save(output, samples, allow_pickle=False)
   except OSError as e:
@@ -66,7 +74,12 @@ def main(argv):
   cli.quiet_library_logs()
   shape, step = cli.run_user_errors_as_exit(
     lambda: sample_to_file(
-      _WORKDIR.value, _NUM_SAMPLES.value, _OUTPUT.value, _SEED.value, _BATCH_SIZE.value
+      _WORKDIR.value,
+      _NUM_SAMPLES.value,
+      _OUTPUT.value,
+      _SEED.value,
+      _BATCH_SIZE.value,
+      _MEMBER.value,
     )
   )
   print(f"wrote samples of shape {shape} from checkpoint step {step} to {_OUTPUT.value}")

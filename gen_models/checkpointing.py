@@ -121,7 +121,7 @@ class Checkpointer:
       error = None
       try:
         state, data_state = self.restore(step, abstract_state, sharding)
-        restored_step = int(np.asarray(state.step.addressable_data(0)))
+        restored_step = int(np.asarray(state.step.addressable_data(0)).reshape(-1)[0])
         if restored_step != step:
           error = f"it holds step {restored_step}"
       except Exception as e:  # Orbax and tensorstore raise ValueError, OSError, KeyError, ...

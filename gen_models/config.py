@@ -31,6 +31,8 @@ RESUMABLE_KEYS = (
   "eval.final_num_samples",
   "dataset.data_dir",
   "conv_impl",  # Same function, only the round-off differs: a run may move between backends.
+  "population.execution",  # How the members' steps run: the same numbers (round-off).
+  "population.chunk",
 )
 
 
@@ -51,6 +53,15 @@ def base_config() -> ml_collections.ConfigDict:
   # and GPU, xla on TPU), "xla", "space_to_depth" or "subpixel". The same function either way
   # (round-off).
   c.conv_impl = "auto"
+
+  # Many runs as one compiled program (gen_models/population.py): member seeds seed, seed + 1,
+  # …; sweep "key=v1,v2;key2=w1,w2" makes a grid of the family's SWEEPABLE keys (the last key
+  # varies fastest, the seeds innermost). seeds=1 and no sweep: a single run.
+  c.population = ml_collections.ConfigDict()
+  c.population.seeds = 1
+  c.population.sweep = ""
+  c.population.execution = "auto"  # auto, vmap, map or unroll (gen_models/population.py).
+  c.population.chunk = 0  # > 0: vmap groups of this many members, run by map / unroll.
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "8gaussians"

@@ -18,42 +18,60 @@ from absl import logging
 
 
 class MetricWriter:
-  """Writes scalars to ``<workdir>/metrics.jsonl`` and TensorBoard, images to PNG and TB."""
+  """Writes scalars to ``<workdir>/metrics.jsonl`` and TensorBoard, images to PNG and TB.
 
-  def __init__(self, workdir: str):
+  A population's members (``members``: objects with ``index`` and ``name``) each get their own
+  TensorBoard run directory ``tensorboard/<index>_<name>`` (so that TensorBoard overlays them),
+  their own sample directory ``samples/<index>_<name>/``, and ``metrics.jsonl`` rows that carry
+  ``member`` (the index) and ``member_name``.
+  """
+
+  def __init__(self, workdir: str, members=None):
     self.workdir = workdir
     self.active = jax.process_index() == 0
-    self._tb = None
+    self._tb, self._member_tb, self._members = None, {}, {}
     if self.active:
       from tensorboardX import SummaryWriter
 
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
       os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+      for m in members or ():
+        sub = f"{m.index:03d}_{m.name}"
+        self._members[m.index] = (m.name, sub)
+        self._member_tb[m.index] = SummaryWriter(os.path.join(workdir, "tensorboard", sub))
+        os.makedirs(os.path.join(workdir, "samples", sub), exist_ok=True)
 
-  def scalars(self, step: int, values: dict[str, float]) -> None:
+  def scalars(self, step: int, values: dict[str, float], member: int | None = None) -> None:
     if not self.active:
       return
     record = {"step": int(step), "time": round(time.time(), 3)}
+    if member is not None:
+      record.update(member=int(member), member_name=self._members[member][0])
     record.update({k: float(v) for k, v in values.items()})
     with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
       f.write(json.dumps(record) + "\n")
+    tb = self._tb if member is None else self._member_tb[member]
     for k, v in values.items():
-      self._tb.add_scalar(k, float(v), int(step))
+      tb.add_scalar(k, float(v), int(step))
 
-  def image(self, step: int, name: str, array: np.ndarray) -> str | None:
-    """Saves ``array (H, W, 3) uint8`` as ``samples/<name>_<step>.png``; returns the path."""
+  def image(self, step: int, name: str, array: np.ndarray, member: int | None = None) -> str | None:
+    """Saves ``array (H, W, 3) uint8`` as ``samples/<name>_<step>.png`` (a member's under
+    ``samples/<index>_<member name>/``); returns the path."""
     if not self.active:
       return None
     from gen_models.images import save_png
 
-    path = os.path.join(self.workdir, "samples", f"{name}_{step:08d}.png")
+    folder = "samples" if member is None else os.path.join("samples", self._members[member][1])
+    path = os.path.join(self.workdir, folder, f"{name}_{step:08d}.png")
     save_png(array, path)
-    self._tb.add_image(name, array, int(step), dataformats="HWC")
+    tb = self._tb if member is None else self._member_tb[member]
+    tb.add_image(name, array, int(step), dataformats="HWC")
     return path
 
   def close(self) -> None:
-    if self._tb is not None:
-      self._tb.close()
+    for tb in (self._tb, *self._member_tb.values()):
+      if tb is not None:
+        tb.close()
 
 
 def format_duration(seconds: float) -> str:

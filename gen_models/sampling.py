@@ -7,7 +7,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from gen_models import data
+from gen_models import data, population, runs
 from gen_models import devices as dev
 from gen_models.data import images
 from gen_models.errors import UserError
@@ -30,13 +30,16 @@ def sample_chunks(
 
 
 def draw_samples(
-  workdir: str, num_samples: int, seed: int | None, batch_size: int
+  workdir: str, num_samples: int, seed: int | None, batch_size: int, member: int | None = None
 ) -> tuple[np.ndarray, str, int]:
   """``(samples, kind, checkpoint step)`` from the latest checkpoint of the run in ``workdir``.
 
   Chunk ``i`` of ``batch_size`` samples uses the key ``fold_in(key(seed), i)``, ``seed``
   defaulting to the run's ``config.seed``: a given ``(seed, batch_size, num_samples)`` always
   gives the same samples. Runs in this process on its local devices.
+
+  A population's run needs ``member`` (its index); its samples are the member's, its seed the
+  member's own by default. A single run takes ``member`` None or 0.
 
   ``kind`` is ``"images"`` (uint8 ``(N, H, W, C)``, the dataset's ``value_range`` mapped to
   [0, 255]) or ``"points"`` (float32 ``(N, D)``).
@@ -45,9 +48,14 @@ def draw_samples(
     raise UserError(f"--num_samples must be >= 1, got {num_samples}")
   if batch_size < 1:
     raise UserError(f"--batch_size must be >= 1, got {batch_size}")
-  from gen_models import trainer  # The trainer imports this module.
-
-  config, family, state = trainer.load_run(workdir, jax.local_devices())
+  config, family, state, members = runs.load_members(workdir, jax.local_devices())
+  if population.is_population(config) and member is None:
+    raise UserError(
+      f"the run in {workdir} is a population of {len(members)} members: choose one with "
+      f"--member=0..{len(members) - 1}"
+    )
+  [(chosen, state)] = runs.member_states(config, state, members, member or 0)
+  config = population.member_config(config, chosen)
   step = int(dev.to_host(state.step))
   kind = "points" if config.dataset.name in data.POINT_DATASETS else "images"
 

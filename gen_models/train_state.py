@@ -33,6 +33,11 @@ class TrainState(flax.struct.PyTreeNode):
     ema_params: ``{component: params}``, an exponential moving average of those components'
       parameters (:func:`ema_update`), e.g. ``{"generator": ...}``; ``{}`` (the default) when
       no component is averaged. Saved and restored with the rest.
+    hparams: ``{config key: value}``, hyperparameters that the train step reads from the state
+      instead of the config (``state.hparams.get("vae.beta", beta)``): a population's swept
+      values, one per member (:mod:`gen_models.population`, which also keeps each member's
+      ``population.frozen_at`` here); ``{}`` (the default) for a single run, whose step uses
+      the config's constants. Saved and restored with the rest.
   """
 
   step: jax.Array
@@ -42,6 +47,7 @@ class TrainState(flax.struct.PyTreeNode):
   rng: jax.Array
   tx: dict[str, optax.GradientTransformation] = flax.struct.field(pytree_node=False)
   ema_params: dict[str, PyTree] = flax.struct.field(default_factory=dict)
+  hparams: dict[str, jax.Array] = flax.struct.field(default_factory=dict)
 
   @classmethod
   def create(
@@ -84,10 +90,23 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def apply_gradients(
-  tx: optax.GradientTransformation, params: PyTree, opt_state: PyTree, grads: PyTree
+  tx: optax.GradientTransformation,
+  params: PyTree,
+  opt_state: PyTree,
+  grads: PyTree,
+  learning_rate: float | jax.Array = 1.0,
 ) -> tuple[PyTree, PyTree]:
-  """One optax update; returns ``(new_params, new_opt_state)``."""
+  """One optax update, its updates times ``learning_rate``; returns ``(new_params,
+  new_opt_state)``.
+
+  The families build their optimizers with a unit learning rate (``optax.adam(1.0)``, or a
+  schedule of peak 1) and pass the run's learning rate here, so that it can be a traced value
+  (one per member of a population). For Adam the update is then ``(−1 · u) · lr``, bit for bit
+  ``u · (−lr)`` of ``optax.adam(lr)``: a constant learning rate trains exactly as before.
+  """
   updates, opt_state = tx.update(grads, opt_state, params)
+  if not (isinstance(learning_rate, float) and learning_rate == 1.0):
+    updates = jax.tree.map(lambda u: u * jnp.asarray(learning_rate, u.dtype), updates)
   return optax.apply_updates(params, updates), opt_state
 
 

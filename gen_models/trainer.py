@@ -13,6 +13,7 @@ replicated and batch split over the ``data`` axis, the old state donated.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -27,29 +28,21 @@ from gen_models import config as config_lib
 from gen_models import data as data_lib
 from gen_models import devices as dev
 from gen_models import models
+from gen_models import population as population_lib
 from gen_models.checkpointing import Checkpointer
 from gen_models.data.images import to_uint8
 from gen_models.divergences import wasserstein1
 from gen_models.errors import Stopped, UserError
 from gen_models.images import image_grid, toy_plot
-from gen_models.logs import MetricWriter, Progress, format_duration, info
+from gen_models.logs import MetricWriter, Progress, format_duration, info, warning
 from gen_models.metrics import evaluate as evaluate_lib
 from gen_models.metrics import extractors
 from gen_models.preemption import StopRequests
+from gen_models.runs import load_run, read_config, restore_or_init  # noqa: F401 (load_run: API)
 from gen_models.sampling import sample_chunks
-from gen_models.train_state import tree_all_finite
 from gen_models.workdir_lock import WorkdirLock
 
 SAMPLE_STREAM = 1_000_003  # fold_in constant of the fixed key used for sample PNGs and eval.
-
-
-def _read_config(path: str) -> ml_collections.ConfigDict:
-  """A workdir's ``config.json``; a one-line error if it is not valid JSON."""
-  try:
-    with open(path) as f:
-      return config_lib.from_json(f.read())
-  except json.JSONDecodeError as e:
-    raise UserError(f"{path} is not valid JSON: {e}") from None
 
 
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> str:
@@ -78,7 +71,11 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> str:
   if jax.process_count() > 1:  # Process 0 has written config.json before anyone reads it.
     multihost_utils.sync_global_devices("gen_models.prepare_workdir")
   if not written and os.path.exists(path):
-    old = _read_config(path)
+    old = read_config(path)
+    # Keys added since the run was made count at their defaults (if it no longer validates, it is
+    # compared as written: the differing keys are named below).
+    with contextlib.suppress(UserError):
+      old = config_lib.validate(old)
     changed = config_lib.changed_keys(old, config)
     fixed = [k for k in changed if k not in config_lib.RESUMABLE_KEYS]
     if fixed:
@@ -91,17 +88,6 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> str:
   return workdir
 
 
-def _checked_step(train_step):
-  """``train_step`` plus a ``finite`` flag: all metrics and all new parameters are finite."""
-
-  def step(state, batch):
-    new_state, metrics = train_step(state, batch)
-    finite = tree_all_finite(metrics) & tree_all_finite(new_state.params)
-    return new_state, {**metrics, "finite": finite}
-
-  return step
-
-
 def _non_finite_error(step: int, metrics: dict, ckpt: Checkpointer) -> UserError:
   last = ckpt.latest_step()
   where = f"{ckpt.path(last)} (step {last})" if last is not None else "none (no checkpoint yet)"
@@ -110,6 +96,32 @@ def _non_finite_error(step: int, metrics: dict, ckpt: Checkpointer) -> UserError
     f"non-finite loss or parameters at step {step} ({shown}); training stopped. "
     f"Last good checkpoint: {where}"
   )
+
+
+def _index(member) -> int | None:
+  return None if member is None else member.index
+
+
+def _freeze(plan, metrics: dict, step: int, frozen: dict[int, int], ckpt: Checkpointer) -> None:
+  """Reports, once each, the members whose step ``step`` was not finite (the population step has
+  frozen them); a UserError when no member trains any more."""
+  for m in plan.members:
+    if not metrics["finite"][m.index] and m.index not in frozen:
+      frozen[m.index] = step
+      shown = ", ".join(
+        f"{k}={float(v[m.index]):.4g}" for k, v in sorted(metrics.items()) if k != "finite"
+      )
+      warning(
+        f"member {m.index} ({m.name}): non-finite loss or parameters at step {step} ({shown}); "
+        "frozen at its last finite state, the others train on"
+      )
+  if len(frozen) == len(plan.members):
+    last = ckpt.latest_step()
+    where = f"{ckpt.path(last)} (step {last})" if last is not None else "none (no checkpoint yet)"
+    raise UserError(
+      f"every member of the population went non-finite (the last at step {step}); training "
+      f"stopped. Last good checkpoint: {where}"
+    )
 
 
 def _due(step: int, every: int, total: int) -> bool:
@@ -136,7 +148,7 @@ class _Outputs:
       self._reference = self.dataset.reference(self.family.num_reference)
     return self._reference
 
-  def write_samples(self, step: int, state) -> None:
+  def write_samples(self, step: int, state, member: int | None = None) -> None:
     if self.dataset.kind == "points":  # The same points as a family's W1 evaluation at `step`.
       n = self.config.eval.num_samples
       fake = dev.to_host(self._sample(state, self.key, n))
@@ -149,17 +161,18 @@ class _Outputs:
       if self._critic is not None:
         critic = lambda points: dev.to_host(self._critic(state, points))
       title = f"step {step}: W1 / noise floor = {ratio:.2f}"
-      self.writer.image(step, "samples", toy_plot(real, fake, title=title, critic=critic))
+      plot = toy_plot(real, fake, title=title, critic=critic)
+      self.writer.image(step, "samples", plot, member=member)
     else:
       n = self.config.eval.num_image_samples
       value_range = self.dataset.value_range
       fake = dev.to_host(self._sample(state, self.key, n))
-      self.writer.image(step, "samples", image_grid(to_uint8(fake, value_range)))
+      self.writer.image(step, "samples", image_grid(to_uint8(fake, value_range)), member=member)
       if self.family.image_grids is not None:
         for name, grid in dev.to_host(self.family.image_grids(state, self.examples(n))).items():
           rows, columns = grid.shape[:2]
           images = to_uint8(grid.reshape(rows * columns, *grid.shape[2:]), value_range)
-          self.writer.image(step, name, image_grid(images, columns=columns))
+          self.writer.image(step, name, image_grid(images, columns=columns), member=member)
 
   def examples(self, n: int) -> np.ndarray:
     """``n`` fixed real examples for the family's image grids: held-out ones if the dataset has
@@ -238,58 +251,6 @@ def metric_extractor(config, kind: str):
   return extract
 
 
-def restore_or_init(family, ckpt: Checkpointer, base_key, sharding):
-  """The newest intact checkpoint's ``(state, data_state)``, or a fresh sharded state and ``None``.
-
-  A newest step that cannot be restored is skipped with a warning (and moved aside unless
-  ``ckpt`` is read-only; :meth:`Checkpointer.restore_latest`); if no step restores, a UserError
-  lists them. ``init`` runs once per run, so it is compiled without backend optimisation:
-  XLA:CPU spends ~0.5 s optimising each truncated-normal initialiser (measured: the conv VAE's
-  init compiles in 22 s at the default level, 6 s at level 0, on the shared 2-core machine).
-  """
-  init_fn = jax.jit(
-    family.init,
-    out_shardings=sharding,
-    compiler_options={"xla_backend_optimization_level": 0},
-  )
-  abstract = jax.eval_shape(init_fn, base_key)
-  restored = ckpt.restore_latest(abstract, sharding)
-  if restored is None:
-    return init_fn(base_key), None
-  step, state, data_state = restored
-  info(f"restored checkpoint {ckpt.path(step)}")
-  return state, data_state
-
-
-def load_run(workdir: str, devices: Sequence[jax.Device] | None = None):
-  """``(config, family, state)`` of the latest checkpoint of the run in ``workdir``.
-
-  Raises:
-    UserError: no run (no ``config.json``), no checkpoint yet in ``workdir``, or none of its
-      checkpoints can be restored.
-  """
-  workdir = os.path.abspath(workdir)
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise UserError(f"no run in {workdir} (no config.json)")
-  config = config_lib.validate(_read_config(path))
-  family = models.make_family(config, data_lib.example_shape(config))
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckpt_dir):
-    raise UserError(f"no checkpoint yet in {ckpt_dir}")
-  ckpt = Checkpointer(ckpt_dir, read_only=True)
-  try:
-    if ckpt.latest_step() is None:
-      raise UserError(f"no checkpoint yet in {ckpt_dir}")
-    # Steps that fail to restore are skipped with a warning and left in place: readers never
-    # change a workdir (the next training run moves them aside).
-    sharding = dev.replicated(dev.make_mesh(devices))
-    state, _ = restore_or_init(family, ckpt, jax.random.key(config.seed), sharding)
-  finally:
-    ckpt.close()
-  return config, family, state
-
-
 def lock_workdir(workdir: str) -> WorkdirLock | None:
   """Process 0 takes ``<workdir>/lock`` (:class:`WorkdirLock`); every process learns whether it
   could, so that all of them stop with the error when another live run holds the workdir."""
@@ -331,6 +292,7 @@ def train(
     Stopped: SIGTERM or SIGINT arrived; a checkpoint of the step it stopped at is complete.
   """
   config = config_lib.validate(config)
+  members = population_lib.check(config)
   mesh = dev.make_mesh(devices)
   dev.check_batch_size(config.batch_size, mesh)
   dataset = data_lib.create(config, config.batch_size)
@@ -338,54 +300,61 @@ def train(
   extract = metric_extractor(config, dataset.kind)
   workdir = prepare_workdir(workdir, config)  # Only once the config is known to be usable.
   lock = lock_workdir(workdir)
-
-  state_sharding = dev.replicated(mesh)
-  base_key = jax.random.key(config.seed)
-  step_fn = jax.jit(
-    _checked_step(family.train_step),
-    in_shardings=(state_sharding, dev.batch_sharding(mesh, batch_axis=1)),
-    out_shardings=(state_sharding, state_sharding),
-    donate_argnums=0,
-  )
-
   try:
+    plan = population_lib.Plan(config, family, dataset, mesh, members)
     ckpt = Checkpointer(
       os.path.join(workdir, "checkpoints"),
       max_to_keep=config.max_checkpoints_to_keep,
       async_save=config.async_checkpointing,
     )
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, members if plan.population else None)
   except BaseException:
     if lock is not None:
       lock.release()
     raise
-  outputs = _Outputs(config, family, dataset, writer, base_key, extract)
-  data_iter = data_lib.StepIterator(dataset, family.batches_per_step)
+  if plan.population and jax.process_index() == 0:
+    population_lib.write_members(workdir, members)
+  base_key = jax.random.key(config.seed)
+  # Each member's samples and evaluation are those of its run alone: its config, its seed's
+  # reference draws and sample key.
+  outputs = {
+    (m.index if plan.population else None): _Outputs(
+      population_lib.member_config(config, m),
+      family,
+      data_lib.reseeded(dataset, m.seed),
+      writer,
+      jax.random.key(m.seed),
+      extract,
+    )
+    for m in members
+  }
+  data_iter = plan.iterator
   stops = StopRequests().__enter__()  # From here on, SIGTERM / SIGINT stop with a checkpoint.
   peers = dev.watch_peers()  # From here on, a lost process ends this one with one line.
   peers.__enter__()
   error = None
   try:
-    state, data_state = restore_or_init(family, ckpt, base_key, state_sharding)
+    state, data_state = restore_or_init(plan.init, ckpt, base_key, plan.state_sharding)
     if data_state is not None:
       data_iter.set_state(data_state)
     elif family.data_init is not None:  # A fresh run: the data-dependent init, on global batch 0.
-      first = dev.global_batch(dataset.batch(0), mesh)
-      state = jax.jit(family.data_init, out_shardings=state_sharding)(state, first)
-    start = int(dev.to_host(state.step))
+      state = plan.data_init(state)
+    start = int(np.asarray(dev.to_host(state.step)).reshape(-1)[0])
     total = config.num_train_steps
+    frozen = plan.frozen(state)  # {member index: step}, reported once.
+    who = f"{len(members)} members, " if plan.population else ""
     info(
-      f"{config.model} on {dataset.name}: steps {start}→{total}, global batch "
+      f"{config.model} on {dataset.name}: {who}steps {start}→{total}, global batch "
       f"{config.batch_size} over {mesh.devices.size} devices ({jax.process_count()} processes)"
     )
     progress = Progress(start, total)
     pending: list[dict] = []  # Device metrics not yet fetched.
     window: list[dict] = []  # Host metrics since the last log line.
-    last: dict[str, float] = {}
+    last: dict = {}
     for step in range(start + 1, total + 1):
-      batch = dev.global_batch(next(data_iter), mesh, batch_axis=1)
+      batch = plan.put(next(data_iter))
       t0 = time.perf_counter()
-      state, metrics = step_fn(state, batch)
+      state, metrics = plan.step(state, batch)
       pending.append(metrics)
       if step == start + 1:
         jax.block_until_ready(state)
@@ -397,30 +366,48 @@ def train(
       if save or log:  # Fetch metrics (a host sync) only when they are needed.
         host = dev.to_host(pending)
         for i, m in enumerate(host):
-          if not m["finite"]:
-            raise _non_finite_error(step - len(host) + 1 + i, m, ckpt)
+          at = step - len(host) + 1 + i
+          if not plan.population:
+            if not m["finite"]:
+              raise _non_finite_error(at, m, ckpt)
+            continue
+          _freeze(plan, m, at, frozen, ckpt)
         window += host
         pending = []
       if log:  # The logged value is the mean since the previous log line.
-        last = {k: float(np.mean([m[k] for m in window])) for k in window[0] if k != "finite"}
+        means = {k: np.mean([m[k] for m in window], axis=0) for k in window[0] if k != "finite"}
         window = []
-        line, rate = progress.line(step, last)
+        rows = plan.rows(means)
+        alive = [v for mem, v in rows if mem is None or mem.index not in frozen]
+        shown = {k: float(np.mean([v[k] for v in alive])) for k in means}
+        if plan.population:
+          shown["members_training"] = float(len(alive))
+        line, rate = progress.line(step, shown)
         info(line)
-        writer.scalars(step, {**last, "steps_per_sec": rate})
+        last = {}
+        for mem, values in rows:
+          values = {k: float(v) for k, v in values.items()}
+          writer.scalars(step, {**values, "steps_per_sec": rate}, member=_index(mem))
+          last[_index(mem)] = values
       if _due(step, config.sample_every_steps, total):
-        outputs.write_samples(step, state)
+        for mem, member_state in plan.states(state):
+          outputs[_index(mem)].write_samples(step, member_state, member=_index(mem))
       if _due(step, config.eval_every_steps, total):
-        results = outputs.evaluate(step, state, final=step == total)
-        if results:
-          info(f"eval at step {step}: {json.dumps(results)}")
-          writer.scalars(step, results)
-          last.update(results)
+        for mem, member_state in plan.states(state):
+          results = outputs[_index(mem)].evaluate(step, member_state, final=step == total)
+          if results:
+            name = f" {mem.name}" if mem is not None else ""
+            info(f"eval at step {step}{name}: {json.dumps(results)}")
+            writer.scalars(step, results, member=_index(mem))
+            last.setdefault(_index(mem), {}).update(results)
       if save:
         ckpt.save(step, state, data_iter.get_state())
       if stop and step < total:
         ckpt.wait()  # Complete on disk before the process may exit.
         raise Stopped(stops.signal_name, step, ckpt.path(step))
-    return last
+    if not plan.population:
+      return last.get(None, {})
+    return [last.get(m.index, {}) for m in members]
   except BaseException as e:
     error = e
     if isinstance(e, jax.errors.JaxRuntimeError):

@@ -7,6 +7,7 @@ share it, so a run on 1 or 8 devices, resumed or not, sees the same data.
 
 from __future__ import annotations
 
+import copy
 from typing import Protocol
 
 import numpy as np
@@ -140,6 +141,23 @@ def create(config, global_batch_size: int) -> Dataset:
   if name in dsprites.DATASETS:
     return dsprites.ProceduralDSprites(name, global_batch_size, seed=config.seed)
   return example_shape(config)  # Raises the unknown-dataset error.
+
+
+def reseeded(dataset, seed: int):
+  """``dataset`` as the run of ``seed`` sees it: the same examples in memory (nothing is read or
+  rendered again), its batch order and its held-out reference draws those of ``seed``.
+
+  The training order of every dataset here is a function of its ``seed`` (the toy sets draw
+  from it, the others shuffle by it through ``_rows``), and so is the choice of reference
+  examples where there is one to make.
+  """
+  if int(seed) == int(dataset.seed):
+    return dataset
+  clone = copy.copy(dataset)
+  clone.seed = int(seed)
+  if hasattr(dataset, "rows_for_seed"):
+    clone._rows = dataset.rows_for_seed(seed)
+  return clone
 
 
 class StepIterator:

@@ -61,6 +61,8 @@ from __future__ import annotations
 import math
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gen_models.data import order
@@ -241,7 +243,19 @@ def _reference_indices(num_examples: int, n: int, seed: int) -> np.ndarray:
   return np.sort(rng.choice(num_examples, size=min(n, num_examples), replace=False))
 
 
-class ProceduralDSprites(GroundTruth):
+class _Gathered:
+  """The device-side reading of a dSprites ``table()`` (packed bits) and its training order."""
+
+  def rows_for_seed(self, seed: int) -> order.ProcessBatches:
+    """``index -> (B_local,)`` example indices of the training order of ``seed``."""
+    return order.ProcessBatches(self.num_examples, self.global_batch_size, seed)
+
+  def decode(self, rows: dict) -> jax.Array:
+    """Packed rows ``(..., 64, 8)`` uint8 → images ``(..., 64, 64, 1)`` float32 in {0, 1}."""
+    return jnp.unpackbits(rows["bits"], axis=-1)[..., None].astype(jnp.float32)
+
+
+class ProceduralDSprites(_Gathered, GroundTruth):
   """dSprites rendered in-process (``dsprites_procedural``, ``dsprites_procedural_smoke``).
 
   ``batch(i)`` is this process's rows of global batch ``i`` of grain's seeded per-epoch shuffle
@@ -262,7 +276,7 @@ class ProceduralDSprites(GroundTruth):
     if name not in ("dsprites_procedural", "dsprites_procedural_smoke"):
       raise ValueError(f"not a procedural dSprites name: {name!r}")
     super().__init__(full_grid_values() if name == "dsprites_procedural" else smoke_grid_values())
-    self.name, self.seed = name, seed
+    self.name, self.seed, self.global_batch_size = name, seed, global_batch_size
     self._rows = order.ProcessBatches(self.num_examples, global_batch_size, seed)
     side = IMAGE_SHAPE[0]
     self._bits = np.zeros((self.num_examples, side, side // 8), np.uint8)
@@ -289,6 +303,14 @@ class ProceduralDSprites(GroundTruth):
 
   def reference(self, n: int) -> np.ndarray:
     return self.images(_reference_indices(self.num_examples, n, self.seed))
+
+  def table(self) -> dict[str, np.ndarray]:
+    """Every grid image as packed bits ``{"bits": (N, 64, 8) uint8}``, rendering the ones not
+    yet rendered (about half a minute for the full grid)."""
+    missing = np.flatnonzero(~self._rendered)
+    for start in range(0, len(missing), 4096):
+      self.images(missing[start : start + 4096])
+    return {"bits": self._bits}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,7 +342,7 @@ def open_source(data_dir: str | None):
   return source, sizes
 
 
-class DSprites(GroundTruth):
+class DSprites(_Gathered, GroundTruth):
   """The original dSprites images from the files :func:`prepare` wrote (``dsprites``).
 
   Same batches and reference rule as :class:`ProceduralDSprites`; ``observations`` reads the
@@ -339,8 +361,16 @@ class DSprites(GroundTruth):
       for c in range(size):
         values[j][c] = self._source[c * base]["factor_values"][j]
     super().__init__(tuple(values))
-    self.name, self.seed = name, seed
+    self.name, self.seed, self.global_batch_size = name, seed, global_batch_size
     self._rows = order.ProcessBatches(self.num_examples, global_batch_size, seed)
+
+  def table(self) -> dict[str, np.ndarray]:
+    """Every image as packed bits ``{"bits": (N, 64, 8) uint8}`` (377 MB), read in order."""
+    bits = np.empty((self.num_examples, IMAGE_SHAPE[0], IMAGE_SHAPE[1] // 8), np.uint8)
+    for start in range(0, self.num_examples, 4096):
+      index = np.arange(start, min(self.num_examples, start + 4096))
+      bits[index] = np.packbits(self.images(index)[..., 0].astype(np.uint8), axis=-1)
+    return {"bits": bits}
 
   def images(self, index) -> np.ndarray:
     """Images ``(n, 64, 64, 1)`` float32 of example indices ``(n,)``."""

@@ -21,6 +21,8 @@ Both hold the same images, labels, splits and order.
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gen_models.data import order
@@ -130,8 +132,31 @@ class TfdsImageDataset:
     order.check_seed(seed)  # Before reading anything.
     source = open_source(name, split, data_dir)
     self._images, self._labels = read_split(source, labels)
+    self.seed, self.global_batch_size = seed, global_batch_size
     # grain's MapDataset.source(source).shuffle(seed).repeat().batch(B_local) order.
     self._rows = order.ProcessBatches(len(self._images), global_batch_size, seed)
+
+  def rows_for_seed(self, seed: int) -> order.ProcessBatches:
+    """``index -> (B_local,)`` example indices of the training order of ``seed``."""
+    return order.ProcessBatches(len(self._images), self.global_batch_size, seed)
+
+  def table(self) -> dict[str, np.ndarray]:
+    """The training split as stored: ``{"image": (N, H, W, C) uint8[, "label": (N,) int32]}``."""
+    out = {"image": self._images}
+    if self._labels is not None:
+      out["label"] = self._labels.astype(np.int32)
+    return out
+
+  def decode(self, rows: dict) -> jax.Array | dict[str, jax.Array]:
+    """Rows of :meth:`table` (leading axes ``(...)``) → the batch form of :meth:`batch`, on the
+    device: images ``(..., H + 2·pad, W + 2·pad, C)`` float32 as :func:`to_model_space`."""
+    x = rows["image"].astype(jnp.float32) / 127.5 - 1.0
+    if self._pad:
+      p = self._pad
+      x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(p, p), (p, p), (0, 0)], constant_values=-1.0)
+    if "label" not in rows:
+      return x
+    return {"image": x, "label": rows["label"]}
 
   def batch(self, index: int) -> np.ndarray | dict[str, np.ndarray]:
     """This process's rows of global batch ``index``: ``(B_local, H, W, C)`` float32, or with

@@ -89,6 +89,11 @@ NORMALIZATIONS = ("batchnorm", "actnorm", "none")
 LN2, LN256 = math.log(2.0), math.log(256.0)
 
 
+# Config keys a population may sweep (gen_models.population): values the step reads from
+# ``state.hparams`` when they are there, else the config's constants.
+SWEEPABLE = ("flow.l2", "optimizer.learning_rate")
+
+
 def default_config() -> ml_collections.ConfigDict:
   """Every key of a RealNVP run; the defaults are the paper's CIFAR-10 settings."""
   c = base_config()
@@ -474,13 +479,22 @@ def l2_penalty(params) -> jax.Array:
 
 
 def train_step(
-  state: TrainState, batch: jax.Array, *, flow: RealNVP, prep: Preprocess, l2: float
+  state: TrainState,
+  batch: jax.Array,
+  *,
+  flow: RealNVP,
+  prep: Preprocess,
+  l2: float,
+  learning_rate: float = 1.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One Adam update on the mean NLL (points, nats) or bits/dim (images), plus ``l2 · Σ w²``.
 
   Args:
     state: ``params["flow"]``; ``model_state["flow"]`` holds ``batch_stats`` (batch norm).
     batch: ``(1, B, *example_shape)`` float32.
+    l2: the weight decay; learning_rate: Adam's (peak) step size (``state.tx`` has a unit one).
+      Both are replaced by ``state.hparams``'s ``flow.l2`` and ``optimizer.learning_rate`` where
+      it has them (a population's members).
 
   Returns:
     The new state and scalar metrics ``loss``, ``nll`` (nats per example; for images of the
@@ -489,6 +503,8 @@ def train_step(
   """
   x = batch[0]
   key = jax.random.fold_in(state.step_key(), 0)
+  l2 = state.hparams.get("flow.l2", l2)
+  learning_rate = state.hparams.get("optimizer.learning_rate", learning_rate)
   model_state = state.model_state["flow"]
   num_dims = math.prod(flow.spec.shape)
 
@@ -508,7 +524,7 @@ def train_step(
     state.params["flow"]
   )
   params, opt_state = apply_gradients(
-    state.tx["flow"], state.params["flow"], state.opt_state["flow"], grads
+    state.tx["flow"], state.params["flow"], state.opt_state["flow"], grads, learning_rate
   )
   new_model_state = {"flow": {"batch_stats": stats}} if stats is not None else state.model_state
   new_state = state.replace(
@@ -697,9 +713,9 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
   shape, image = flow.spec.shape, prep.image
   if opt.cosine_decay_steps < 0:
     raise UserError(f"optimizer.cosine_decay_steps must be >= 0, got {opt.cosine_decay_steps}")
-  lr = opt.learning_rate
+  lr = 1.0  # Unit (peak) learning rate: the step multiplies the updates by the run's.
   if opt.cosine_decay_steps:
-    lr = optax.cosine_decay_schedule(lr, int(opt.cosine_decay_steps))
+    lr = optax.cosine_decay_schedule(1.0, int(opt.cosine_decay_steps))
   tx = optax.adam(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps)
   name = config.dataset.name
   true_density = functools.partial(toy.log_density, name) if name in toy.DENSITIES else None
@@ -708,7 +724,9 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
     critic = functools.partial(eval_log_prob, key=jax.random.key(0), flow=flow, prep=prep)
   return Family(
     init=functools.partial(init, flow=flow, tx=tx),
-    train_step=functools.partial(train_step, flow=flow, prep=prep, l2=float(f.l2)),
+    train_step=functools.partial(
+      train_step, flow=flow, prep=prep, l2=float(f.l2), learning_rate=float(opt.learning_rate)
+    ),
     sample=functools.partial(sample, flow=flow, prep=prep, temperature=float(f.temperature)),
     evaluate=functools.partial(
       evaluate,

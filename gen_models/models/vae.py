@@ -76,6 +76,9 @@ from gen_models.train_state import TrainState, apply_gradients
 
 ARCHITECTURES = ("conv", "burgess", "mlp")
 OBJECTIVES = ("beta", "capacity")
+# Config keys a population may sweep (gen_models.population): values the step reads from
+# ``state.hparams`` when they are there, else the config's constants.
+SWEEPABLE = ("vae.beta", "vae.gamma", "vae.c_max", "optimizer.learning_rate")
 LIKELIHOODS = ("bernoulli", "gaussian")
 
 
@@ -335,6 +338,7 @@ def train_step(
   gamma: float,
   c_max: float,
   capacity_steps: int,
+  learning_rate: float,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One Adam update of encoder and decoder (and a learned Gaussian scale) on ``L``.
 
@@ -345,6 +349,10 @@ def train_step(
     encoder, decoder: the flax modules (static).
     likelihood: ``"bernoulli"`` or ``"gaussian"``; fixed_log_scale: ``log s`` if not learned.
     kind, beta, gamma, c_max, capacity_steps: the objective (module docstring).
+    learning_rate: Adam's step size (``state.tx["vae"]`` has a unit one).
+    ``beta``, ``gamma``, ``c_max`` and ``learning_rate`` are replaced by ``state.hparams``'s
+    values of ``vae.beta``, ``vae.gamma``, ``vae.c_max`` and ``optimizer.learning_rate`` where
+    it has them (a population's members).
 
   Returns:
     The new state and scalar metrics: ``loss``, ``elbo``, ``reconstruction``, ``kl``,
@@ -352,6 +360,13 @@ def train_step(
   """
   x = batch[0]
   key = jax.random.fold_in(state.step_key(), 0)
+  hp = state.hparams
+  beta, gamma, c_max = (
+    hp.get("vae.beta", beta),
+    hp.get("vae.gamma", gamma),
+    hp.get("vae.c_max", c_max),
+  )
+  learning_rate = hp.get("optimizer.learning_rate", learning_rate)
   c_now = capacity(state.step, c_max, capacity_steps)
 
   def loss_fn(params):
@@ -370,7 +385,9 @@ def train_step(
   (loss, (reconstruction, kl_per_dim)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
     state.params
   )
-  params, opt_state = apply_gradients(state.tx["vae"], state.params, state.opt_state["vae"], grads)
+  params, opt_state = apply_gradients(
+    state.tx["vae"], state.params, state.opt_state["vae"], grads, learning_rate
+  )
   new_state = state.replace(step=state.step + 1, params=params, opt_state={"vae": opt_state})
   kl = jnp.sum(kl_per_dim)
   metrics = {"loss": loss, "elbo": -(reconstruction + kl), "reconstruction": reconstruction}
@@ -532,7 +549,7 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
   log_scale = math.log(vae.gaussian_scale) if vae.likelihood == "gaussian" else None
   learned = log_scale if vae.learn_gaussian_scale else None
   fixed = None if vae.learn_gaussian_scale else log_scale
-  tx = optax.adam(opt.learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps)
+  tx = optax.adam(1.0, b1=opt.b1, b2=opt.b2, eps=opt.eps)  # × learning_rate in the step.
   nets = {"encoder": encoder, "decoder": decoder}
   terms_fn = jax.jit(
     lambda params, x, key: terms(
@@ -559,6 +576,7 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
       gamma=float(vae.gamma),
       c_max=float(vae.c_max),
       capacity_steps=int(vae.capacity_steps),
+      learning_rate=float(opt.learning_rate),
     ),
     sample=functools.partial(
       sample, decoder=decoder, likelihood=vae.likelihood, latent_dim=vae.latent_dim

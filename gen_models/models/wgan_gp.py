@@ -75,6 +75,11 @@ ARCHITECTURES = ("mlp", "dcgan", "resnet")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+# Config keys a population may sweep (gen_models.population): values the step reads from
+# ``state.hparams`` when they are there, else the config's constants.
+SWEEPABLE = ("gan.gp_weight", "optimizer.learning_rate")
+
+
 def default_config() -> ml_collections.ConfigDict:
   """Every key of a GAN run, with the paper's toy-experiment values."""
   c = base_config()
@@ -107,6 +112,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.learning_rate = 1e-4
   c.optimizer.b1 = 0.0
   c.optimizer.b2 = 0.9
+  c.optimizer.eps = 1e-8  # Adam's ε (optax's and the reference's TensorFlow default).
   c.optimizer.critic_learning_rate = ml_collections.config_dict.placeholder(float)  # None: same.
   # Learning rates decayed linearly to 0 over this many generator steps (0: constant).
   c.optimizer.decay_steps = 0
@@ -324,6 +330,8 @@ def train_step(
   generator_batch_size: int = 0,
   dequantize_real: bool = False,
   ema_decay: float = 0.0,
+  learning_rate: float = 1.0,
+  critic_learning_rate: float | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """``n_critic`` critic updates (``lax.scan``), then one generator update.
 
@@ -340,6 +348,11 @@ def train_step(
     generator_batch_size: examples of the generator update (0: ``B``).
     dequantize_real: dequantise the real images (:func:`dequantize`) before the critic sees them.
     ema_decay: > 0: ``ema_params["generator"] ← d · ema + (1 − d) · params`` after the update.
+    learning_rate, critic_learning_rate: Adam's (peak) step sizes of the generator and the
+      critic (None: the generator's); ``state.tx`` has unit ones (schedules of peak 1).
+    ``gp_weight`` and ``learning_rate`` are replaced by ``state.hparams``'s ``gan.gp_weight`` and
+    ``optimizer.learning_rate`` where it has them (a population's members); a swept
+    learning rate sets the critic's too unless ``critic_learning_rate`` is given.
 
   Returns:
     The new state and scalar metrics (critic metrics averaged over the ``n_critic`` updates).
@@ -351,6 +364,11 @@ def train_step(
   elif labels is None:
     raise ValueError("a conditional (AC-GAN) step needs batches with labels")
   n_critic, batch_size = images.shape[:2]
+  hp = state.hparams
+  use_gp = bool(gp_weight) or "gan.gp_weight" in hp  # Traced λ: computed, maybe weighted by 0.
+  gp_weight = hp.get("gan.gp_weight", gp_weight)
+  g_lr = hp.get("optimizer.learning_rate", learning_rate)
+  c_lr = g_lr if critic_learning_rate is None else critic_learning_rate
   key = state.step_key()
   critic_keys = jax.random.split(jax.random.fold_in(key, 0), n_critic)
   gen_key = jax.random.fold_in(key, 1)
@@ -371,7 +389,7 @@ def train_step(
       real_logits, fake_logits = real_out[..., 0], fake_out[..., 0]
       base = critic_loss(real_logits, fake_logits, loss)
       d = lambda x: out(x)[..., 0]
-      gp = gradient_penalty(d, interpolate(real, fake, eps_key)) if gp_weight else 0.0
+      gp = gradient_penalty(d, interpolate(real, fake, eps_key)) if use_gp else 0.0
       total = base + gp_weight * gp
       metrics = {
         "gradient_penalty": jnp.asarray(gp, jnp.float32),
@@ -387,7 +405,7 @@ def train_step(
 
     grads, metrics = jax.grad(loss_fn, has_aux=True)(critic_params)
     critic_params, critic_opt = apply_gradients(
-      state.tx["critic"], critic_params, critic_opt, grads
+      state.tx["critic"], critic_params, critic_opt, grads, c_lr
     )
     return (critic_params, critic_opt, gen_state), metrics
 
@@ -416,7 +434,7 @@ def train_step(
     state.params["generator"]
   )
   gen_params, gen_opt = apply_gradients(
-    state.tx["generator"], state.params["generator"], state.opt_state["generator"], g_grads
+    state.tx["generator"], state.params["generator"], state.opt_state["generator"], g_grads, g_lr
   )
   ema_params = state.ema_params
   if ema_decay > 0:
@@ -539,16 +557,15 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
       )
   generator, critic = make_networks(gan, example_shape, check_impl(config.conv_impl))
   num_classes = gan.num_classes if gan.conditional else 0
-  critic_lr = (
-    opt.critic_learning_rate if opt.critic_learning_rate is not None else opt.learning_rate
-  )
-  g_lr, c_lr = opt.learning_rate, critic_lr
+  # Unit (peak) learning rates: the step multiplies the updates by the run's (a traced value in
+  # a population; gen_models.train_state.apply_gradients).
+  g_lr, c_lr = 1.0, 1.0
   if opt.decay_steps:
-    g_lr = linear_decay(opt.learning_rate, opt.decay_steps, 1, offset=1)
-    c_lr = linear_decay(critic_lr, opt.decay_steps, gan.n_critic)
+    g_lr = linear_decay(1.0, opt.decay_steps, 1, offset=1)
+    c_lr = linear_decay(1.0, opt.decay_steps, gan.n_critic)
   tx = {
-    "generator": optax.adam(g_lr, b1=opt.b1, b2=opt.b2),
-    "critic": optax.adam(c_lr, b1=opt.b1, b2=opt.b2),
+    "generator": optax.adam(g_lr, b1=opt.b1, b2=opt.b2, eps=opt.eps),
+    "critic": optax.adam(c_lr, b1=opt.b1, b2=opt.b2, eps=opt.eps),
   }
   ema = gan.ema_decay > 0
   sample_fn = functools.partial(
@@ -585,6 +602,10 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
       generator_batch_size=gan.generator_batch_size,
       dequantize_real=gan.dequantize,
       ema_decay=float(gan.ema_decay),
+      learning_rate=float(opt.learning_rate),
+      critic_learning_rate=None
+      if opt.critic_learning_rate is None
+      else float(opt.critic_learning_rate),
     ),
     sample=sample_fn,
     evaluate=functools.partial(evaluate, sample_fn=jitted_sample, num_samples=num_eval),

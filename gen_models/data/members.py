@@ -1,0 +1,89 @@
+"""The data of a population: every member's batches of a train step, in its own seed's order.
+
+Member ``i`` reads exactly the batches that the run of its seed trained alone reads
+(``gen_models.data.StepIterator`` over the dataset made with ``seed_i``). Two ways:
+
+* **On the device** (datasets with a ``table()``: the image sets held in memory and dSprites):
+  the whole training split lives on every device in its compact form (uint8 images, dSprites as
+  packed bits) and each step gathers every member's rows there; the host computes only the
+  example indices ``(N, batches_per_step, B_local)`` int32, so its cost does not grow with the
+  data, only with N by a few indices.
+* **On the host** (the toy sets, drawn from ``(seed, batch index)`` in microseconds): one dataset
+  per distinct seed, the members' batches stacked ``(N, batches_per_step, B_local, …)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gen_models.data import StepIterator, reseeded
+from gen_models.errors import UserError
+
+
+def has_table(dataset) -> bool:
+  """Can ``dataset`` hold its training split on the device (``table``, ``decode``,
+  ``rows_for_seed``)?"""
+  return all(hasattr(dataset, a) for a in ("table", "decode", "rows_for_seed"))
+
+
+def gather(table: dict[str, jax.Array], indices: jax.Array, decode: Callable) -> jax.Array:
+  """The batches of ``indices (N, k, B)`` from ``table`` (leaves ``(num_examples, …)``), decoded
+  to model space by ``decode`` (leafwise rows → the dataset's batch form)."""
+  return decode({k: jnp.take(v, indices, axis=0) for k, v in table.items()})
+
+
+class MemberSteps:
+  """Yields each train step's data for every member; its state is the next step number.
+
+  ``next()`` gives the host arrays the compiled step takes: indices ``(N, k, B_local)`` int32
+  when :attr:`on_device`, else the batches ``(N, k, B_local, …)`` (dict batches leafwise).
+
+  Args:
+    dataset: the dataset of the run's own seed (``config.seed``).
+    seeds: each member's seed, ``(N,)``.
+    batches_per_step: the family's.
+    on_device: gather on the device (needs :func:`has_table`).
+  """
+
+  def __init__(self, dataset, seeds: Sequence[int], batches_per_step: int, on_device: bool):
+    self.dataset, self.seeds = dataset, [int(s) for s in seeds]
+    self.batches_per_step, self.step, self.on_device = batches_per_step, 0, on_device
+    distinct = sorted(set(self.seeds))
+    if on_device:
+      if not has_table(dataset):
+        raise UserError(f"dataset {dataset.name!r} cannot be gathered on the device")
+      rows = {s: dataset.rows_for_seed(s) for s in distinct}
+      self._rows = [rows[s] for s in self.seeds]
+    else:
+      self._iters = {s: StepIterator(reseeded(dataset, s), batches_per_step) for s in distinct}
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    k, t = self.batches_per_step, self.step
+    self.step += 1
+    if self.on_device:
+      idx = [np.stack([rows(t * k + j) for j in range(k)]) for rows in self._rows]
+      return np.stack(idx).astype(np.int32)
+    by_seed = {}
+    for s, it in self._iters.items():
+      it.step = t
+      by_seed[s] = next(it)
+    batches = [by_seed[s] for s in self.seeds]
+    return jax.tree.map(lambda *xs: np.stack(xs), *batches)
+
+  def get_state(self) -> dict:
+    return {"step": int(self.step), "dataset": self.dataset.name}
+
+  def set_state(self, state: dict) -> None:
+    if state.get("dataset") != self.dataset.name:
+      raise UserError(
+        f"checkpoint data state is for dataset {state.get('dataset')!r}, "
+        f"config says {self.dataset.name!r}"
+      )
+    self.step = int(state["step"])
