@@ -18,6 +18,12 @@ see whether a run on that device is input-bound.
   by the same converter as ``prepare_data cifar10`` (``gen_models.data.archives``), so the
   reading code is the real one and only the pixels are not CIFAR-10's.
 
+``--population=N1,N2`` adds, for each N, the host input of a population of N members (seeds
+``seed … seed+N−1``) through ``gen_models.data.members.MemberSteps`` as the trainer uses it: the
+example indices of every member (``members: N, device_gather``) for the data sets held on the
+device (dSprites, CIFAR-10), every member's stacked batches for the toy sets drawn on the host.
+``input_steps_per_s`` is then population steps (N runs' steps each).
+
 Runs in this process, one config after another; prints a table and writes JSON with the versions,
 date and load average (these machines are shared).
 """
@@ -47,6 +53,8 @@ CONFIGS = {
 COLUMNS = (
   ("config", str),
   ("dataset", str),
+  ("members", str),
+  ("device_gather", str),
   ("batch", str),
   ("batches_per_step", str),
   ("ms_per_step", lambda v: f"{v:.2f}"),
@@ -64,6 +72,9 @@ _EXAMPLES = flags.DEFINE_integer(
   "examples", 5000, "Train examples of the synthetic CIFAR-shaped dataset (without --data_dir)."
 )
 _OUTPUT = flags.DEFINE_string("output", "bench_input.json", "Where to write the JSON results.")
+_POPULATION = flags.DEFINE_list(
+  "population", [], "Population sizes to measure as well (e.g. 8,36)."
+)
 
 
 def write_synthetic_cifar10(data_dir: str, examples: int, seed: int = 0) -> str:
@@ -92,16 +103,23 @@ def _config(name: str, data_dir: str | None):
   return config_lib.validate(config)
 
 
-def measure(name: str, steps: int, data_dir: str | None) -> dict:
-  """One row: the host time of ``steps`` train steps of data for config ``name``."""
+def measure(name: str, steps: int, data_dir: str | None, members: int = 0) -> dict:
+  """One row: the host time of ``steps`` train steps of data for config ``name`` (of a
+  population of ``members`` when > 0)."""
   from gen_models import data as data_lib
   from gen_models import models
+  from gen_models.data import members as member_data
 
   config = _config(name, data_dir)
   dataset = data_lib.create(config, config.batch_size)
   family = models.make_family(config, dataset.shape)
   k = family.batches_per_step
-  it = data_lib.StepIterator(dataset, k)
+  gather = members > 0 and member_data.has_table(dataset)
+  if members:
+    seeds = [config.seed + i for i in range(members)]
+    it = member_data.MemberSteps(dataset, seeds, k, on_device=gather)
+  else:
+    it = data_lib.StepIterator(dataset, k)
   next(it)  # Opens files, fills caches, imports.
   load = os.getloadavg()[0]
   t0 = time.perf_counter()
@@ -112,6 +130,8 @@ def measure(name: str, steps: int, data_dir: str | None) -> dict:
   return {
     "config": name,
     "dataset": dataset.name,
+    "members": members or "-",
+    "device_gather": gather if members else "-",
     "batch": config.batch_size,
     "batches_per_step": k,
     "timed_steps": steps,
@@ -134,7 +154,16 @@ def run() -> dict:
     if data_dir is None and any(CONFIGS[n][2] for n in _CONFIGS.value):
       write_synthetic_cifar10(tmp, _EXAMPLES.value)
       data_dir, synthetic = tmp, _EXAMPLES.value
-    rows = [measure(name, _STEPS.value, data_dir) for name in _CONFIGS.value]
+    try:
+      sizes = [int(n) for n in _POPULATION.value]
+    except ValueError:
+      raise UserError(f"--population must be integers, got {_POPULATION.value}") from None
+    if any(n < 1 for n in sizes):
+      raise UserError(f"--population sizes must be >= 1, got {sizes}")
+    rows = []
+    for name in _CONFIGS.value:
+      rows.append(measure(name, _STEPS.value, data_dir))
+      rows += [measure(name, _STEPS.value, data_dir, n) for n in sizes]
   return {
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     "jax_version": jax.__version__,

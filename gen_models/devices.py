@@ -3,6 +3,10 @@
 The training mesh has one axis, ``data``, over every device of every process. Model state is
 replicated (``P()``); batches are split along their batch axis. Each process produces only its
 own rows of a global batch; :func:`global_batch` stitches them into one ``jax.Array``.
+
+A vmapped population (:mod:`gen_models.population`) may also split its members over devices:
+the mesh is then ``members × data``, its state split along the leading member axis
+(:func:`member_sharding`) and its batches along both.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from jax.sharding import PartitionSpec as P
 from gen_models.errors import EXIT_ERROR, Stopped, UserError
 
 DATA_AXIS = "data"
+MEMBERS_AXIS = "members"
 
 # Random numbers must not depend on how arrays are sharded (same seed on 1 or 8 devices gives
 # the same noise). This is JAX's default since 0.5; set it explicitly so the guarantee is ours.
@@ -160,10 +165,14 @@ def watch_peers(timeout: float | None = None):
   return _PeerWatch(timeout or _peer_timeout_s)
 
 
-def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A 1-D mesh with axis ``data`` over ``devices`` (default: all devices of all processes)."""
+def make_mesh(devices: Sequence[jax.Device] | None = None, members: int = 1) -> Mesh:
+  """A 1-D mesh with axis ``data`` over ``devices`` (default: all devices of all processes), or
+  with ``members`` > 1 a 2-D ``members × data`` mesh of ``members`` groups of devices."""
   devices = list(jax.devices() if devices is None else devices)
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
+  if members == 1:
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+  grid = np.asarray(devices).reshape(members, len(devices) // members)
+  return Mesh(grid, (MEMBERS_AXIS, DATA_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -171,14 +180,24 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def member_sharding(mesh: Mesh) -> NamedSharding:
+  """Sharding of a population's state: split along its leading member axis over ``members``
+  (a full copy on every device of a 1-D mesh)."""
+  return NamedSharding(mesh, P(MEMBERS_AXIS) if MEMBERS_AXIS in mesh.axis_names else P())
+
+
 def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
-  """Sharding of a batch whose axis ``batch_axis`` is split over ``data``."""
-  return NamedSharding(mesh, P(*([None] * batch_axis), DATA_AXIS))
+  """Sharding of a batch whose axis ``batch_axis`` is split over ``data`` (and, on a
+  ``members × data`` mesh, whose leading member axis is split over ``members``)."""
+  spec = [None] * batch_axis + [DATA_AXIS]
+  if MEMBERS_AXIS in mesh.axis_names:
+    spec[0] = MEMBERS_AXIS
+  return NamedSharding(mesh, P(*spec))
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
   """Returns the per-process batch size or raises a one-line :class:`UserError`."""
-  n_dev = mesh.devices.size
+  n_dev = mesh.shape[DATA_AXIS]
   if global_batch_size <= 0 or global_batch_size % n_dev:
     raise UserError(
       f"batch_size={global_batch_size} cannot be split evenly over {n_dev} devices; "

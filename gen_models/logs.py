@@ -59,7 +59,7 @@ class MetricWriter:
     ``samples/<index>_<member name>/``); returns the path."""
     if not self.active:
       return None
-    from gen_models.images import save_png
+    from gen_models.pictures import save_png
 
     folder = "samples" if member is None else os.path.join("samples", self._members[member][1])
     path = os.path.join(self.workdir, folder, f"{name}_{step:08d}.png")

@@ -25,8 +25,8 @@ How the members' steps run (``population.execution``, the same numbers either wa
 * ``vmap``: ``jax.vmap`` over members (convolutions become grouped convolutions);
 * ``map``: ``lax.map``, one member after another in a loop of the compiled program;
 * ``unroll``: one member after another, unrolled in the compiled program;
-* ``auto``: ``unroll`` on CPU (measured: vmapped convolutions are 3× slower there), ``vmap``
-  on accelerators.
+* ``auto``: ``vmap``, except ``unroll`` for image models on CPU (measured: vmapped
+  convolutions are ~3× slower there; the toy MLPs are faster vmapped).
 
 ``population.chunk = c > 0`` vmaps groups of ``c`` members and runs the groups by ``map`` or
 ``unroll``.
@@ -173,12 +173,17 @@ def _get(config: ml_collections.ConfigDict, key: str):
 
 
 def execution(config: ml_collections.ConfigDict, backend: str | None = None) -> str:
-  """``population.execution`` with ``auto`` resolved for ``backend`` (default: JAX's)."""
+  """``population.execution`` with ``auto`` resolved for ``backend`` (default: JAX's): ``vmap``,
+  except ``unroll`` for image models (conv nets) on CPU, where vmapped convolutions become slow
+  grouped convolutions (docs/POPULATIONS.md has the measurements)."""
+  from gen_models import data as data_lib
+
   mode = config.population.execution
   if mode not in EXECUTIONS:
     raise UserError(f"unknown population.execution {mode!r}; known: {', '.join(EXECUTIONS)}")
   if mode == "auto":
-    return "unroll" if (backend or jax.default_backend()) == "cpu" else "vmap"
+    images = len(data_lib.example_shape(config)) == 3
+    return "unroll" if images and (backend or jax.default_backend()) == "cpu" else "vmap"
   return mode
 
 
@@ -290,6 +295,19 @@ def population_step(train_step: Callable, num_members: int, mode: str, chunk: in
   return step
 
 
+def make_mesh(config, members_: Sequence[Member], devices=None):
+  """The training mesh: ``data`` over every device, or for a vmapped population in one process
+  ``members × data`` with ``gcd(N, devices)`` member groups, so that members spread over
+  devices when N allows (each member's step then runs data-parallel within its group)."""
+  from gen_models import devices as dev
+
+  devices = list(jax.devices() if devices is None else devices)
+  groups = 1
+  if is_population(config) and execution(config) == "vmap" and jax.process_count() == 1:
+    groups = math.gcd(len(members_), len(devices))
+  return dev.make_mesh(devices, groups)
+
+
 def member_state(state: TrainState, i: int) -> TrainState:
   """Member ``i``'s slice of a population state (no member axis), its ``hparams`` kept."""
   return _index(state, i)
@@ -347,7 +365,7 @@ class Plan:
     self.members = list(members_)
     self.population = is_population(config)
     self.init = state_init(config, family, self.members)
-    self.state_sharding = dev.replicated(mesh)
+    self.state_sharding = dev.member_sharding(mesh) if self.population else dev.replicated(mesh)
     self._table = None
     n = len(self.members)
     if not self.population:

@@ -33,10 +33,10 @@ from gen_models.checkpointing import Checkpointer
 from gen_models.data.images import to_uint8
 from gen_models.divergences import wasserstein1
 from gen_models.errors import Stopped, UserError
-from gen_models.images import image_grid, toy_plot
 from gen_models.logs import MetricWriter, Progress, format_duration, info, warning
 from gen_models.metrics import evaluate as evaluate_lib
 from gen_models.metrics import extractors
+from gen_models.pictures import image_grid, toy_plot
 from gen_models.preemption import StopRequests
 from gen_models.runs import load_run, read_config, restore_or_init  # noqa: F401 (load_run: API)
 from gen_models.sampling import sample_chunks
@@ -293,7 +293,7 @@ def train(
   """
   config = config_lib.validate(config)
   members = population_lib.check(config)
-  mesh = dev.make_mesh(devices)
+  mesh = population_lib.make_mesh(config, members, devices)
   dev.check_batch_size(config.batch_size, mesh)
   dataset = data_lib.create(config, config.batch_size)
   family = models.make_family(config, dataset.shape)
@@ -345,7 +345,8 @@ def train(
     who = f"{len(members)} members, " if plan.population else ""
     info(
       f"{config.model} on {dataset.name}: {who}steps {start}→{total}, global batch "
-      f"{config.batch_size} over {mesh.devices.size} devices ({jax.process_count()} processes)"
+      f"{config.batch_size} over {mesh.devices.size} devices ({jax.process_count()} processes"
+      + (f"; members over {mesh.shape['members']} device groups)" if len(mesh.axis_names) > 1 else ")")
     )
     progress = Progress(start, total)
     pending: list[dict] = []  # Device metrics not yet fetched.

@@ -49,6 +49,21 @@ def member_params(workdir, i, devices=None):
   return jax.device_get(population.member_state(state, i).params)
 
 
+TOY_SEEDS, TOY_SWEEP = 1, "gan.gp_weight=1,10"
+
+
+def pop_toy(**overrides):
+  return pop_config("wgan_gp", seeds=TOY_SEEDS, sweep=TOY_SWEEP, **overrides)
+
+
+@pytest.fixture(scope="module")
+def toy_population(tmp_path_factory):
+  """A finished toy smoke population: λ = 1, 10 × seed 0 (6 steps, checkpoints every 3)."""
+  workdir = tmp_path_factory.mktemp("toy_pop") / "run"
+  trainer.train(pop_toy(), str(workdir))
+  return workdir
+
+
 def read_jsonl(workdir):
   with open(workdir / "metrics.jsonl") as f:
     return [json.loads(line) for line in f]
@@ -147,33 +162,40 @@ def test_member_equals_its_single_run_on_one_and_eight_devices(tmp_path, family)
         assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["step"], key)
 
 
-@pytest.mark.parametrize("execution, chunk", [("vmap", 0), ("map", 0), ("unroll", 2), ("map", 2)])
-def test_executions_compute_the_same_population(tmp_path, execution, chunk):
-  base = pop_config("vae")
-  base.population.execution = "unroll"
-  trainer.train(base, str(tmp_path / "unroll"))
+@pytest.fixture(scope="module")
+def vae_unrolled(tmp_path_factory) -> str:
+  """The VAE population of 4 with its members unrolled."""
+  workdir = tmp_path_factory.mktemp("vae_unrolled")
+  c = pop_config("vae")
+  c.population.execution = "unroll"
+  trainer.train(c, str(workdir))
+  return workdir
+
+
+@pytest.mark.parametrize("execution, chunk", [("vmap", 0), ("map", 2)])
+def test_executions_compute_the_same_population(vae_unrolled, tmp_path, execution, chunk):
   c = pop_config("vae")
   c.population.execution, c.population.chunk = execution, chunk
   trainer.train(c, str(tmp_path / "other"))
   chex.assert_trees_all_close(
-    params_of(tmp_path / "unroll"), params_of(tmp_path / "other"), rtol=2e-5, atol=2e-6
+    params_of(vae_unrolled), params_of(tmp_path / "other"), rtol=2e-5, atol=2e-6
   )
 
 
-def test_population_resume_is_bit_exact(tmp_path):
-  c = lambda n: pop_config("wgan_gp", num_train_steps=n, checkpoint_every_steps=2)
-  trainer.train(c(6), str(tmp_path / "full"))
-  trainer.train(c(2), str(tmp_path / "part"))
-  trainer.train(c(6), str(tmp_path / "part"))
-  chex.assert_trees_all_equal(params_of(tmp_path / "full"), params_of(tmp_path / "part"))
+def test_population_resume_is_bit_exact(toy_population, tmp_path):
+  c = pop_toy(num_train_steps=2, checkpoint_every_steps=2)
+  trainer.train(c, str(tmp_path / "part"))
+  c.num_train_steps = 6
+  trainer.train(c, str(tmp_path / "part"))
+  chex.assert_trees_all_equal(params_of(toy_population), params_of(tmp_path / "part"))
 
 
 # ----------------------------------------------------------------------------------------------
 # Failures.
 
 
-def test_a_non_finite_member_is_frozen_and_the_others_train_on(tmp_path, caplog):
-  c = pop_config("wgan_gp", seeds=1, sweep="optimizer.learning_rate=1e-4,1e38")
+def test_a_non_finite_member_is_frozen_and_the_others_train_on(toy_population, tmp_path, caplog):
+  c = pop_config("wgan_gp", seeds=1, sweep="gan.gp_weight=1;optimizer.learning_rate=1e-4,1e38")
   trainer.train(c, str(tmp_path / "pop"))
   _, _, state = runs.load_run(str(tmp_path / "pop"))
   frozen_at = np.asarray(state.hparams[population.FROZEN])
@@ -181,16 +203,15 @@ def test_a_non_finite_member_is_frozen_and_the_others_train_on(tmp_path, caplog)
   bad = jax.device_get(population.member_state(state, 1).params)
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(bad))  # Its last finite state.
   reports = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
-  assert len(reports) == 1 and "learning_rate=1e38,seed=0" in reports[0]
-  m = population.members(c)[0]
-  trainer.train(population.member_config(c, m), str(tmp_path / "one"))
+  assert len(reports) == 1 and "gp_weight=1,learning_rate=1e38,seed=0" in reports[0]
+  # Member 0 (λ = 1, the config's lr 1e-4, seed 0) trained on as the toy population's member 0.
   chex.assert_trees_all_close(
-    member_params(tmp_path / "pop", 0), params_of(tmp_path / "one"), rtol=2e-5, atol=2e-6
+    member_params(tmp_path / "pop", 0), member_params(toy_population, 0), rtol=2e-5, atol=2e-6
   )
 
 
 def test_the_run_fails_when_every_member_has(tmp_path):
-  c = pop_config("wgan_gp", seeds=2, sweep="optimizer.learning_rate=1e38")
+  c = pop_config("wgan_gp", seeds=1, sweep="gan.gp_weight=1;optimizer.learning_rate=1e37,1e38")
   with pytest.raises(UserError, match="every member of the population went non-finite"):
     trainer.train(c, str(tmp_path / "pop"))
 
@@ -228,3 +249,47 @@ def test_device_gathered_batches_equal_each_seeds_own_batches():
     c.seed = s
     own = data_lib.StepIterator(data_lib.create(c, c.batch_size), 2, step=5)
     np.testing.assert_array_equal(got[i], next(own))
+
+
+# ----------------------------------------------------------------------------------------------
+# The commands on a population's workdir.
+
+
+def test_sample_of_a_member_is_its_runs_sample(toy_population, tmp_path):
+  from gen_models import sampling
+
+  m = population.members(pop_toy())[1]
+  workdir = str(toy_population)
+  got, kind, step = sampling.draw_samples(workdir, 20, None, 8, member=1)
+  assert (kind, step, got.shape) == ("points", 6, (20, 2))
+  _, family, state = runs.load_run(str(toy_population))
+  one = population.member_state(state, 1)
+  want = sampling.sample_chunks(
+    jax.jit(family.sample, static_argnums=2), one, jax.random.key(m.seed), 20, 8
+  )
+  np.testing.assert_array_equal(got, want)
+  with pytest.raises(UserError, match=r"population of 2 members: choose one with --member=0\.\.1"):
+    sampling.draw_samples(workdir, 20, None, 8)
+  with pytest.raises(UserError, match="--member=2 is out of range: this run has 2 member"):
+    sampling.draw_samples(workdir, 20, None, 8, member=2)
+
+
+@pytest.mark.slow
+def test_evaluate_writes_a_row_per_member(toy_population, tmp_path):
+  from conftest import assert_one_line_error, run_cli
+
+  real = tmp_path / "real.npy"
+  np.save(real, np.random.default_rng(0).standard_normal((64, 2)).astype(np.float32))
+  out = tmp_path / "out.json"
+  args = [f"--real={real}", f"--fake={toy_population}", "--metrics=fid,prdc", "--num_samples=64"]
+  proc = run_cli("experiments.evaluate", *args, f"--output={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(out) as f:
+    rows = json.load(f)["members"]
+  assert [(r["member"], r["name"], r["seed"]) for r in rows] == [
+    (0, "gp_weight=1,seed=0", 0),
+    (1, "gp_weight=10,seed=0", 0),
+  ]
+  assert rows[1]["hparams"] == {"gan.gp_weight": 10.0} and rows[0]["fid"] != rows[1]["fid"]
+  bad = run_cli("experiments.evaluate", *args, f"--output={out}", "--member=7")
+  assert_one_line_error(bad, "--member=7 is out of range")

@@ -10,7 +10,7 @@ import pytest
 
 from experiments.configs import wgan_gp_toy
 from gen_models import data as data_lib
-from gen_models import images, trainer
+from gen_models import pictures, trainer
 from gen_models.models import wgan_gp
 
 
@@ -27,8 +27,8 @@ def test_toy_plot_draws_the_critic_on_a_grid_over_the_view():
     calls.append(points)
     return points[:, 0] - points[:, 1]
 
-  plain = images.toy_plot(real, fake, title="t")
-  with_critic = images.toy_plot(real, fake, title="t", critic=critic, resolution=30)
+  plain = pictures.toy_plot(real, fake, title="t")
+  with_critic = pictures.toy_plot(real, fake, title="t", critic=critic, resolution=30)
   assert plain.dtype == np.uint8 and plain.ndim == 3 and plain.shape[2] == 3
   assert with_critic.shape[2] == 3 and with_critic.shape[0] == plain.shape[0]
   (points,) = calls
@@ -42,7 +42,7 @@ def test_toy_plot_draws_the_critic_on_a_grid_over_the_view():
 
 def test_toy_plot_handles_a_constant_critic_and_all_points_outside():
   real = _points(2, 50)
-  out = images.toy_plot(real, real + 100.0, title="t", critic=lambda p: np.zeros(len(p)))
+  out = pictures.toy_plot(real, real + 100.0, title="t", critic=lambda p: np.zeros(len(p)))
   assert out.ndim == 3
 
 
@@ -69,14 +69,14 @@ class _Writer:
   def __init__(self):
     self.images = []
 
-  def image(self, step, name, array):
+  def image(self, step, name, array, member=None):
     self.images.append((step, name, array))
 
 
 def test_trainer_title_ratio_equals_the_evaluated_w1_ratio(toy, monkeypatch):
   """The sample figure's title has the ratio that ``eval/w1_ratio`` logs at the same step."""
   drawn = []
-  real_plot = images.toy_plot
+  real_plot = pictures.toy_plot
 
   def spy(real, fake, *, title, critic=None, **kwargs):
     drawn.append((title, critic(np.zeros((3, 2), np.float32))))
