@@ -346,7 +346,11 @@ def train(
     info(
       f"{config.model} on {dataset.name}: {who}steps {start}→{total}, global batch "
       f"{config.batch_size} over {mesh.devices.size} devices ({jax.process_count()} processes"
-      + (f"; members over {mesh.shape['members']} device groups)" if len(mesh.axis_names) > 1 else ")")
+      + (
+        f"; members over {mesh.shape['members']} device groups)"
+        if len(mesh.axis_names) > 1
+        else ")"
+      )
     )
     progress = Progress(start, total)
     pending: list[dict] = []  # Device metrics not yet fetched.

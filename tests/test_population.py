@@ -190,6 +190,18 @@ def test_population_resume_is_bit_exact(toy_population, tmp_path):
   chex.assert_trees_all_equal(params_of(toy_population), params_of(tmp_path / "part"))
 
 
+def test_population_resumes_on_another_device_count(toy_population, tmp_path):
+  """2 steps on 1 device (members replicated), then to step 6 on 8 (members over 2 groups of
+  4): the 8-device run's parameters, to round-off."""
+  c = pop_toy(num_train_steps=2, checkpoint_every_steps=2)
+  trainer.train(c, str(tmp_path / "moved"), devices=jax.devices()[:1])
+  c.num_train_steps = 6
+  trainer.train(c, str(tmp_path / "moved"))
+  chex.assert_trees_all_close(
+    params_of(toy_population), params_of(tmp_path / "moved"), rtol=2e-5, atol=2e-6
+  )
+
+
 # ----------------------------------------------------------------------------------------------
 # Failures.
 
