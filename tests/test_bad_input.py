@@ -36,6 +36,8 @@ def snapshot(directory):
     (["--config.gan.loss=hinge"], ["unknown gan.loss 'hinge'"]),
     (["--config.batch_size=30"], ["batch_size=30", "8 devices"]),
     (["--config.optimizer.learning_rate=1e38"], ["non-finite", "step 1", "no checkpoint yet"]),
+    (["--config.population.sweep=gan.latent_dim=2,4"], ["cannot vary 'gan.latent_dim'"]),
+    (["--config.population.sweep=gan.gp_weight="], ["empty value"]),
   ],
 )
 def test_cli_rejects(tmp_path, flags, fragments):

@@ -143,6 +143,7 @@ def test_member_equals_its_single_run_on_one_and_eight_devices(tmp_path, family)
   round-off (different N, different device count, traced instead of constant values)."""
   devices = jax.devices()
   c = pop_config(family)
+  c.population.execution = "vmap"  # Members over 4 device groups of 2 (the unrolled: below).
   trainer.train(c, str(tmp_path / "pop"), devices=devices)
   m = population.members(c)[3]
   trainer.train(population.member_config(c, m), str(tmp_path / "one"), devices=devices[:1])
@@ -234,6 +235,7 @@ def test_the_run_fails_when_every_member_has(tmp_path):
 
 def test_population_outputs(tmp_path):
   c = pop_config("vae", seeds=1)
+  c.population.execution = "vmap"
   trainer.train(c, str(tmp_path / "pop"))
   with open(tmp_path / "pop" / population.MEMBERS_FILE) as f:
     record = json.load(f)
