@@ -381,9 +381,18 @@ class Plan:
       )
       data_sharding = dev.batch_sharding(mesh, 2)
       if on_device:
-        decode = dataset.decode
+        import time
+
+        from gen_models.logs import info
+
+        decode, t0 = dataset.decode, time.perf_counter()
         table = jax.tree.map(np.asarray, dataset.table())
-        self._table = jax.device_put(table, self.state_sharding)
+        self._table = jax.device_put(table, dev.replicated(mesh))
+        size = sum(x.nbytes for x in jax.tree.leaves(table)) / 2**20
+        info(
+          f"{dataset.name}: the training split held on every device ({size:,.0f} MiB, "
+          f"{time.perf_counter() - t0:.1f} s); each step gathers the {n} members' batches there"
+        )
         step = lambda state, table, idx: members_step(state, member_data.gather(table, idx, decode))
       else:
         step = members_step
