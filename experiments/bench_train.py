@@ -90,7 +90,7 @@ CONFIGS = {
   ),
   "flow": ("realnvp_toy", (2,), {"default": (200, 10)}),
 }
-CONV_IMPLS = ("auto", "xla", "space_to_depth", "subpixel")
+CONV_IMPLS = ("auto", "xla", "space_to_depth", "subpixel", "phases")
 LOOPS = ("scan", "unrolled")
 POOL = 4  # Distinct device-resident batches cycled through by the timed loop.
 # (net, kind, kernel size, spatial size of the input, C_in, C_out) of every stride-2 conv of
@@ -594,7 +594,7 @@ def _layer_rows(tmp: str) -> list[dict]:
   if _TORCH.value:
     spec = {"worker": "torch_layers", "repeats": repeats, **_torch_spec()}
     runs.append(("torch", "-", _spawn(spec, tmp)))
-  for impl in ("xla", "space_to_depth", "subpixel"):
+  for impl in ("xla", "space_to_depth", "subpixel", "phases", "auto"):
     spec = {"worker": "jax_layers", "conv_impl": impl, "repeats": repeats}
     runs.append(("jax", impl, _spawn(spec, tmp)))
   rows = []
