@@ -486,7 +486,7 @@ def test_gradient_penalty_is_the_same_with_every_conv_impl():
   """The penalty and its parameter-gradient (a double backward through every conv)."""
   x = np.random.default_rng(3).standard_normal((3, 32, 32, 3)).astype(np.float32)
   params = _random_params(DCGANCritic(dim=4), x.shape[1:])
-  impls = ("xla", "space_to_depth", "subpixel", "auto")
+  impls = ("xla", "space_to_depth", "subpixel", "phases", "auto")
   results = _penalty_and_grads({impl: params for impl in impls}, x)
   want_value, want_grads = results["xla"]
   assert want_value > 1e-3
