@@ -3,7 +3,7 @@ r"""Benchmark of the compiled train steps against their PyTorch eager peers (not
     python -m experiments.bench_train [--configs=toy,cifar10] [--steps=N] [--warmup=N] \
         [--batch_size=B] [--conv_impls=subpixel,xla] [--critic_loops=scan,unrolled] \
         [--torch] [--torch_device=auto|cpu|cuda] [--layers] [--device_sweep=1,2,4,8] \
-        [--output=bench_train.json]
+        [--peak_n=4096] [--output=bench_train.json]
 
 **Steps.** For each config: the family's ``train_step`` jitted exactly as the trainer does (state
 replicated, batch ``(n_critic, B, *shape)`` split over ``data`` on axis 1, state donated), with
@@ -45,8 +45,16 @@ what sharding costs (per-device dispatch, the all-reduce of the gradients, small
 matmuls), not how the step scales; on GPU or TPU counts above the real devices are skipped.
 docs/BENCHMARKS.md says what each kind of number can and cannot show.
 
+**FLOPs and peak.** Every step row has ``flops_per_step`` (XLA's cost analysis of the step as
+its math is written: ``conv_impl=xla``, the critic loop unrolled; the same number for PyTorch's
+row, which computes the same math), ``flops_per_s`` (that × steps/s) and ``percent_of_peak``:
+on CPU against the best float32 ``--peak_n``³ matrix product measured in fresh processes before
+and after the steps, on an H200 against the data sheet's dense peak at the step's precision
+(bf16; TF32 for float32 steps, XLA's default there). ``experiments/hardware.py`` has the helpers.
+
 Every measurement runs in a fresh process (``--_worker``), one after another; each row records
-the 1-minute load average, as the machines are shared. Prints tables and writes JSON with the
+the 1-minute load average, as the machines are shared, and the JSON the load averages before
+and after the run. Prints tables and writes JSON with the
 versions, backend and date. Needs ``pip install '.[bench]'`` for the PyTorch rows.
 """
 
@@ -65,7 +73,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from experiments import cli
+from experiments import cli, hardware
 from gen_models.errors import UserError
 
 # name -> (config module, example shape, (timed steps, warm-up steps) by backend). One cifar10
@@ -82,7 +90,7 @@ CONFIGS = {
   ),
   "flow": ("realnvp_toy", (2,), {"default": (200, 10)}),
 }
-CONV_IMPLS = ("auto", "xla", "space_to_depth", "subpixel")
+CONV_IMPLS = ("auto", "xla", "space_to_depth", "subpixel", "phases")
 LOOPS = ("scan", "unrolled")
 POOL = 4  # Distinct device-resident batches cycled through by the timed loop.
 # (net, kind, kernel size, spatial size of the input, C_in, C_out) of every stride-2 conv of
@@ -136,6 +144,9 @@ _SWEEP = flags.DEFINE_list(
   ["1", "2", "4", "8"],
   "Device counts of the scaling sweep (fake devices on CPU); empty: no sweep.",
 )
+_PEAK_N = flags.DEFINE_integer(
+  "peak_n", 4096, "Size n of the float32 n³ matrix product whose best rate is the peak."
+)
 _OUTPUT = flags.DEFINE_string("output", "bench_train.json", "Where to write the JSON results.")
 _WORKER = flags.DEFINE_string("_worker", None, "Internal: one measurement (a JSON spec).")
 _RESULT = flags.DEFINE_string("_result", None, "Internal: where the worker writes its JSON.")
@@ -143,6 +154,14 @@ _RESULT = flags.DEFINE_string("_result", None, "Internal: where the worker write
 
 def _rate(x: float) -> str:
   return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def _si(x: float) -> str:
+  """``8.34e9`` → ``8.34G``."""
+  for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6)):
+    if abs(x) >= scale:
+      return f"{x / scale:.3g}{unit}"
+  return f"{x:.3g}"
 
 
 STEP_COLUMNS = (
@@ -157,6 +176,9 @@ STEP_COLUMNS = (
   ("gen_steps_per_s", _rate),
   ("examples_per_s", _rate),
   ("ratio", lambda v: f"{v:.2f}"),
+  ("flops_per_step", _si),
+  ("flops_per_s", _si),
+  ("percent_of_peak", lambda v: f"{v:.1f}"),
   ("loadavg_1m", lambda v: f"{v:.1f}"),
 )
 SWEEP_COLUMNS = (
@@ -237,7 +259,8 @@ def _jax_step(spec: dict) -> dict:
     donate_argnums=0,
   )
   t0 = time.perf_counter()
-  compiled = step_fn.lower(state, pool[0]).compile()
+  lowered = step_fn.lower(state, pool[0])
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   for i in range(spec["warmup"]):
     state, metrics = compiled(state, pool[i % POOL])
@@ -255,7 +278,33 @@ def _jax_step(spec: dict) -> dict:
     "n_critic": n_critic,
     "batch": config.batch_size,
     "conv_impl_resolved": _resolved(config.conv_impl),
+    "program_flops": hardware.flops_of_lowered(lowered),
+    **_model_flops(name, spec),
   }
+
+
+def _model_flops(name: str, spec: dict) -> dict:
+  """FLOPs of one train step of ``name`` as its math is written (``conv_impl=xla``: each
+  convolution counted once, as flax computes it; the critic loop unrolled, as XLA's cost
+  analysis counts a loop body once), by XLA's cost analysis on shape structs, and the dtype the
+  nets compute in. The same count serves every row of a config, PyTorch's too."""
+  from gen_models import models
+
+  config = _config(name, {**spec, "conv_impl": "xla", "critic_loop": "unrolled"})
+  shape = CONFIGS[name][1]
+  family = models.make_family(config, shape)
+  state = jax.eval_shape(family.init, jax.random.key(config.seed))
+  batch = jax.ShapeDtypeStruct((family.batches_per_step, config.batch_size, *shape), np.float32)
+  compute_dtype = config.gan.compute_dtype if "gan" in config else "float32"
+  return {
+    "model_flops": hardware.flops(family.train_step, state, batch),
+    "compute_dtype": compute_dtype,
+  }
+
+
+def _gemm_peak(spec: dict) -> dict:
+  """The best rate of a jitted float32 ``n³`` matrix product (``experiments.hardware``)."""
+  return hardware.measure_gemm(spec["n"], spec["repeats"])
 
 
 def _resolved(impl: str) -> str:
@@ -307,6 +356,7 @@ def _torch_step(spec: dict) -> dict:
     "torch_threads": torch.get_num_threads(),
     "torch_device": spec["torch_device"],
     "num_params": peer.num_params(),
+    **_model_flops(name, spec),
   }
 
 
@@ -394,6 +444,7 @@ WORKERS = {
   "torch_step": _torch_step,
   "jax_layers": _jax_layers,
   "torch_layers": _torch_layers,
+  "gemm_peak": _gemm_peak,
 }
 
 
@@ -471,7 +522,10 @@ def _step_rows(name: str, tmp: str) -> list[dict]:
         "warmup_steps": spec["warmup"],
         "timed_s": result["timed_s"],
         "loadavg_1m": result["loadavg_1m"],
+        "flops_per_step": result["model_flops"],
+        "compute_dtype": result["compute_dtype"],
         **({"torch_threads": result["torch_threads"]} if torch_row else {}),
+        **({} if torch_row else {"program_flops_per_step": result["program_flops"]}),
       }
     )
   baseline = next((r["examples_per_s"] for r in rows if r["framework"].startswith("torch")), None)
@@ -485,6 +539,11 @@ def _torch_spec() -> dict:
   if device == "auto":
     device = "cuda" if jax.default_backend() == "gpu" else "cpu"
   return {"torch_threads": _TORCH_THREADS.value, "torch_device": device}
+
+
+def _measure_peak(tmp: str) -> dict:
+  """The float32 GEMM rate measured now, in a fresh process (with the load around it)."""
+  return _spawn({"worker": "gemm_peak", "n": _PEAK_N.value, "repeats": 5}, tmp)
 
 
 def _sweep_counts() -> list[tuple[int, bool]]:
@@ -535,7 +594,7 @@ def _layer_rows(tmp: str) -> list[dict]:
   if _TORCH.value:
     spec = {"worker": "torch_layers", "repeats": repeats, **_torch_spec()}
     runs.append(("torch", "-", _spawn(spec, tmp)))
-  for impl in ("xla", "space_to_depth", "subpixel"):
+  for impl in ("xla", "space_to_depth", "subpixel", "phases", "auto"):
     spec = {"worker": "jax_layers", "conv_impl": impl, "repeats": repeats}
     runs.append(("jax", impl, _spawn(spec, tmp)))
   rows = []
@@ -575,19 +634,37 @@ def run() -> dict:
       import torch  # noqa: F401
     except ImportError:
       raise UserError("the PyTorch rows need: pip install '.[bench]' (or pass --notorch)") from None
+  load_before = os.getloadavg()
   with tempfile.TemporaryDirectory() as tmp:
+    gemms = [_measure_peak(tmp)]
     rows = [row for name in _CONFIGS.value for row in _step_rows(name, tmp)]
+    gemms.append(_measure_peak(tmp))
     sweep = [row for name in _CONFIGS.value for row in _sweep_rows(name, tmp)]
     layers = _layer_rows(tmp) if _LAYERS.value else []
+  backend, device_kind = jax.default_backend(), jax.devices()[0].device_kind
+  hardware.add_flop_rates(rows, backend, device_kind, gemms)
   return {
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     "jax_version": jax.__version__,
-    "backend": jax.default_backend(),
-    "device_kind": jax.devices()[0].device_kind,
+    "backend": backend,
+    "device_kind": device_kind,
     "num_devices": len(jax.devices()),
     "cpu_count": os.cpu_count(),
     "python": platform.python_version(),
     "machine": platform.machine(),
+    "loadavg_before": list(load_before),
+    "loadavg_after": list(os.getloadavg()),
+    "gemm_peak": gemms,
+    "flops_definition": (
+      "flops_per_step: XLA's cost analysis of the step as its math is written (conv_impl=xla, "
+      "each convolution counted once), the same for every row of a config, PyTorch's too; "
+      "program_flops_per_step: of the program the row ran (the sub-pixel forms compute some "
+      "zero taps; a rolled critic loop's body is counted once); "
+      "flops_per_s = flops_per_step x gen_steps_per_s; percent_of_peak against `peak` "
+      "(CPU: the best float32 GEMM of gemm_peak, measured before and after the steps; "
+      "GPU: the data sheet's dense peak, bf16 for bfloat16 steps, TF32 for float32 steps as "
+      "XLA's default matmul precision there is TF32)"
+    ),
     "ratio_definition": (
       "steps: examples_per_s / the PyTorch eager peer's (same config, batch, nets); "
       "layers: PyTorch's milliseconds / the row's; device_sweep: speedup = examples/s over "
@@ -610,6 +687,12 @@ def main(argv):
   print(
     f"jax {results['jax_version']}, {results['num_devices']} × {results['device_kind']}, "
     f"{results['date']}"
+  )
+  gemms = ", ".join(_si(g["flops_per_s"]) for g in results["gemm_peak"])
+  load = [f"{v:.1f}" for v in (*results["loadavg_before"], *results["loadavg_after"])]
+  print(
+    f"float32 GEMM (before, after the steps): {gemms} FLOP/s; load average (1, 5, 15 min) "
+    f"before {' '.join(load[:3])}, after {' '.join(load[3:])}"
   )
   print(cli.format_table(results["rows"], STEP_COLUMNS))
   if results["device_sweep"]:

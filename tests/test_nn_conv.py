@@ -22,7 +22,7 @@ from gen_models.errors import UserError
 from gen_models.nn.conv import conv2d, conv_transpose2d
 
 DN = ("NHWC", "HWIO", "NHWC")
-FAST = ("space_to_depth", "subpixel")
+FAST = ("space_to_depth", "subpixel", "phases")
 # Every (kernel, stride, padding) of the nets: DCGAN 5×5/2 SAME; the β-VAE 4×4/2 and 2×2/2
 # SAME; ResNets 3×3/1 and 1×1/1; plus VALID and explicit pads, odd and even sizes.
 PADDINGS = ("SAME", "VALID", ((1, 2), (2, 1)), 1)
@@ -170,7 +170,7 @@ class _Pair(nn.Module):
     else:
       conv, up = nn.Conv, nn.ConvTranspose
     x = conv(8, (5, 5), strides=(2, 2), padding="SAME")(x)
-    x = up(4, (4, 4), strides=(2, 2), padding="SAME", use_bias=False)(nn.relu(x))
+    x = up(6, (4, 4), strides=(2, 2), padding="SAME", use_bias=False)(nn.relu(x))
     return conv(2, (3, 3), padding="VALID")(x)
 
 
@@ -203,9 +203,14 @@ def test_modules_compute_flax_outputs(pair_variables, impl):
   _assert_close(got, want, impl)
 
 
-def test_auto_picks_subpixel_on_cpu_and_xla_elsewhere():
-  assert gnn.resolve_impl("auto") == "subpixel"  # The tests run on CPU.
-  assert gnn.resolve_impl("auto", "cpu") == "subpixel"
+def test_auto_picks_per_backend_and_layer():
+  assert gnn.resolve_impl("auto") == "phases"  # The tests run on CPU.
+  assert gnn.resolve_impl("auto", "cpu") == "phases"
+  # On CPU, XLA's own kernel for transposed convs with few output channels (measured fastest).
+  assert gnn.resolve_impl("auto", "cpu", transpose=True, out_channels=4) == "xla"
+  assert gnn.resolve_impl("auto", "cpu", transpose=True, out_channels=5) == "phases"
+  assert gnn.resolve_impl("auto", "cpu", out_channels=1) == "phases"  # A strided conv.
+  assert gnn.resolve_impl("auto", "gpu", transpose=True, out_channels=1) == "subpixel"
   assert gnn.resolve_impl("auto", "gpu") == "subpixel"  # Measured on an H200: BENCHMARKS.md.
   assert gnn.resolve_impl("auto", "tpu") == "xla"
   assert gnn.resolve_impl("space_to_depth", "gpu") == "space_to_depth"

@@ -36,15 +36,27 @@ compute it differs, chosen by ``impl`` (config key ``conv_impl``):
     double backward of a gradient penalty stays free of input dilation too. Weight gradients
     are XLA's (kernel-dilated, not input-dilated).
 
-``"auto"`` (default)
-    ``"subpixel"`` on CPU and GPU, ``"xla"`` on TPU. Measured per layer and per train step
-    (docs/BENCHMARKS.md): on this 2-core CPU ``subpixel`` is the fastest; on an H200 (jax
-    0.11.2, 2026-11-26) it made the β-VAE step 2.2× and the DCGAN WGAN-GP step 2.0× faster
-    than cuDNN's own strided and transposed kernels (the last transposed conv of the VAE
-    decoder, C_out = 1, took 1.5 ms with ``xla`` and 0.2 ms with ``subpixel``). No TPU has
-    been measured: there XLA's own kernels are kept.
+``"phases"``
+    ``"subpixel"`` with two changes that pay on XLA:CPU. (1) A sub-pixel transposed conv with
+    more than ``PHASES_MIN_OUT`` output channels runs as ``s_h·s_w`` stride-1 convs, one per
+    output phase, each with only its own taps (a strided slice of the kernel): ``subpixel``'s
+    single conv zero-pads every phase kernel to ``⌈k/s⌉ + 1`` taps per dimension (k = 4, s = 2:
+    3×3 where a phase has 2×2, 2.25× the multiply-adds). (2) Its kernel-gradient is taken
+    through the adjoint, ``⟨dz, conv_transpose(x, w)⟩ = ⟨x, conv(dz, flip(w))⟩``: the
+    kernel-gradient of a strided conv (XLA's kernel-dilated filter gradient), not of the phase
+    convs. No input dilation in any order of derivative either.
 
-All three agree to float32 round-off (tests/test_nn_conv.py checks values, first and second
+``"auto"`` (default)
+    On CPU ``"phases"``, except transposed convs with at most ``XLA_MAX_OUT`` output channels
+    (the β-VAE's and the DCGAN's last layers), which keep XLA's own kernel: forward + backward
+    it is the fastest for them there (the filter gradient of their sub-pixel forms is slow).
+    ``"subpixel"`` on GPU: on an H200 (jax 0.11.2, 2026-11-26) it made the β-VAE step 2.2× and
+    the DCGAN WGAN-GP step 2.0× faster than cuDNN's own strided and transposed kernels (the
+    last transposed conv of the VAE decoder, C_out = 1, took 1.5 ms with ``xla`` and 0.2 ms
+    with ``subpixel``); ``"phases"`` has not been measured on a GPU. No TPU has been measured:
+    there XLA's own kernels are kept. Measurements: docs/BENCHMARKS.md.
+
+All of them agree to float32 round-off (tests/test_nn_conv.py checks values, first and second
 derivatives against ``lax`` for every kernel size, stride and padding the nets use). Only 2-D
 inputs ``(B, H, W, C)`` are supported, without kernel dilation or feature groups: flax's other
 arguments do not exist here (a ``TypeError``), and a bad shape or padding is a ``ValueError``.
@@ -65,7 +77,14 @@ from jax import lax
 
 from gen_models.errors import UserError
 
-IMPLS = ("auto", "xla", "space_to_depth", "subpixel")
+IMPLS = ("auto", "xla", "space_to_depth", "subpixel", "phases")
+# "phases": transposed convs with at most this many output channels keep the one-conv sub-pixel
+# form (per-phase convs with 1–4 output channels are slow on XLA:CPU: 111 ms against 3.3 ms
+# for the 32²×32 → 64²×1 layer of the β-VAE decoder, batch 64, forward).
+PHASES_MIN_OUT = 4
+# auto on CPU leaves transposed convs with at most this many output channels to XLA's own
+# kernel (fastest there, forward + backward, for the β-VAE's and the DCGAN's last layers).
+XLA_MAX_OUT = 4
 _DN = ("NHWC", "HWIO", "NHWC")
 
 PaddingLike = str | int | Sequence[int | tuple[int, int]]
@@ -79,14 +98,29 @@ def check_impl(impl: str) -> str:
   return impl
 
 
-def resolve_impl(impl: str, backend: str | None = None) -> str:
-  """The implementation ``impl`` names on ``backend`` (default: JAX's default backend):
-  ``"auto"`` is ``"subpixel"`` on CPU and GPU (measured fastest on both), ``"xla"`` on TPU."""
+def resolve_impl(
+  impl: str,
+  backend: str | None = None,
+  *,
+  transpose: bool = False,
+  out_channels: int | None = None,
+) -> str:
+  """The implementation ``impl`` names on ``backend`` (default: JAX's default backend) for a
+  layer (a strided conv, or with ``transpose`` a transposed conv of ``out_channels`` outputs).
+
+  ``"auto"`` is ``"phases"`` on CPU, except ``"xla"`` for a transposed conv with at most
+  :data:`XLA_MAX_OUT` output channels; ``"subpixel"`` on GPU; ``"xla"`` on TPU (measured
+  fastest: docs/BENCHMARKS.md).
+  """
   if impl not in IMPLS:
     raise ValueError(f"unknown conv implementation {impl!r}; known: {', '.join(IMPLS)}")
   if impl != "auto":
     return impl
-  return "subpixel" if (backend or jax.default_backend()) in ("cpu", "gpu") else "xla"
+  backend = backend or jax.default_backend()
+  if backend == "cpu":
+    small = transpose and out_channels is not None and out_channels <= XLA_MAX_OUT
+    return "xla" if small else "phases"
+  return "subpixel" if backend == "gpu" else "xla"
 
 
 def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -183,8 +217,8 @@ def conv2d(
   impl = resolve_impl(impl)
   if impl == "xla" or strides == (1, 1):
     return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN)
-  if impl == "subpixel":
-    return _strided_conv(x, kernel, strides, pads)
+  if impl in ("subpixel", "phases"):
+    return _strided_conv(x, kernel, strides, pads, impl == "phases")
   return _conv_space_to_depth(x, kernel, strides, pads)
 
 
@@ -245,11 +279,11 @@ def conv_transpose2d(
   strides = _pair(strides, "strides")
   kh, kw, c, o = kernel.shape
   pads = conv_transpose_pads((kh, kw), strides, padding)
-  impl = resolve_impl(impl)
+  impl = resolve_impl(impl, transpose=True, out_channels=o)
   if impl == "xla" or strides == (1, 1):
     return lax.conv_transpose(x, kernel, strides, pads, dimension_numbers=_DN)
-  if impl == "subpixel":
-    return _dilated_conv(x, kernel, strides, pads)
+  if impl in ("subpixel", "phases"):
+    return _dilated_conv(x, kernel, strides, pads, impl == "phases")
   return _conv_transpose_depth_to_space(x, kernel, strides, pads)
 
 
@@ -281,22 +315,72 @@ def _conv_transpose_depth_to_space(x: jax.Array, kernel: jax.Array, strides, pad
   return y[:, : out_sizes[0], : out_sizes[1]]
 
 
+def _conv_transpose_phases(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
+  """The transposed conv as ``s_h·s_w`` stride-1 convs, one per output phase, each with only
+  the taps of its phase, interleaved by depth-to-space (module docstring, ``"phases"``).
+
+  The same function as :func:`_conv_transpose_depth_to_space`, which puts all phases into one
+  conv whose phase kernels are zero-padded to the same ``⌈k/s⌉ + 1`` taps (for k = 4, s = 2:
+  3×3 taps where each phase has 2×2, 2.25× the multiply-adds); here each phase conv reads only
+  its own taps, a strided slice of the kernel.
+  """
+  kh, kw, c, o = kernel.shape
+  b = x.shape[0]
+  out_sizes, blocks, cut, taps = [], [], [], []
+  for length, k, s, (lo, hi) in zip(x.shape[1:3], (kh, kw), strides, pads, strict=True):
+    out = s * (length - 1) + 1 + lo + hi - k + 1
+    if out < 1:
+      raise ValueError(f"conv_transpose output would be empty: {x.shape}, {kernel.shape}")
+    u_lo, index = _phase_taps(k, s, lo)
+    m = -(-out // s)  # Output rows per phase.
+    out_sizes.append(out)
+    blocks.append(m)
+    cut.append((-u_lo, m + index.shape[0] - 1 - length + u_lo))
+    # Per phase φ: the rows v of the padded input with a tap in range (contiguous), and the
+    # kernel taps index[v, φ] = s·(v + u_lo) + lo − φ for them (increasing in steps of s).
+    taps.append([np.nonzero(index[:, phi] < k)[0] for phi in range(s)])
+    taps[-1] = [(v, index[v, phi]) for phi, v in enumerate(taps[-1])]
+  x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*cut[0], 0), (*cut[1], 0), (0, 0, 0)))
+  (sh, sw), (mh, mw) = strides, blocks
+  rows = []
+  for vh, th in taps[0]:
+    row = []
+    for vw, tw in taps[1]:
+      if len(vh) == 0 or len(vw) == 0:  # A phase no tap reaches (k < s): zeros.
+        row.append(jnp.zeros((b, mh, mw, o), jnp.result_type(x, kernel)))
+        continue
+      w = kernel[th[0] : th[-1] + 1 : sh, tw[0] : tw[-1] + 1 : sw]
+      xs = x[:, vh[0] : vh[-1] + mh, vw[0] : vw[-1] + mw]
+      row.append(lax.conv_general_dilated(xs, w, (1, 1), "VALID", dimension_numbers=_DN))
+    rows.append(jnp.stack(row, 3))  # (B, mh, mw, sw, O)
+  y = jnp.stack(rows, 2).reshape(b, mh * sh, mw * sw, o)  # (B, mh, sh, mw, sw, O) → pixels.
+  return y[:, : out_sizes[0], : out_sizes[1]]
+
+
 def _flip(kernel: jax.Array) -> jax.Array:
   """``(kh, kw, C, O)`` → ``(kh, kw, O, C)``, spatially reversed: the kernel of the transpose."""
   return jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _strided_conv(x: jax.Array, kernel: jax.Array, strides: tuple, pads: tuple) -> jax.Array:
+def _subpixel_transpose(x: jax.Array, kernel: jax.Array, strides, pads, phases: bool):
+  """The transposed conv without input dilation: per-phase convs (``phases``, when the output
+  has more than :data:`PHASES_MIN_OUT` channels) or one conv over all phases."""
+  if phases and kernel.shape[3] > PHASES_MIN_OUT:
+    return _conv_transpose_phases(x, kernel, strides, pads)
+  return _conv_transpose_depth_to_space(x, kernel, strides, pads)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _strided_conv(x: jax.Array, kernel: jax.Array, strides: tuple, pads: tuple, phases: bool):
   """XLA's strided conv, whose input-gradient is computed without input dilation."""
   return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN)
 
 
-def _strided_conv_fwd(x, kernel, strides, pads):
-  return _strided_conv(x, kernel, strides, pads), (x, kernel)
+def _strided_conv_fwd(x, kernel, strides, pads, phases):
+  return _strided_conv(x, kernel, strides, pads, phases), (x, kernel)
 
 
-def _strided_conv_bwd(strides, pads, residuals, dy):
+def _strided_conv_bwd(strides, pads, phases, residuals, dy):
   """``dx[n] = Σ_i Σ_t [s·i + t − lo = n] dy[i] w[t]``: ``dy`` dilated by s, padded by
   ``(k − 1 − lo, ·)`` and correlated with the flipped kernel — a transposed conv."""
   x, kernel = residuals
@@ -306,7 +390,7 @@ def _strided_conv_bwd(strides, pads, residuals, dy):
       kernel.shape[:2], pads, x.shape[1:3], dy.shape[1:3], strides, strict=True
     )
   )
-  dx = _dilated_conv(dy, _flip(kernel), strides, dx_pads)
+  dx = _dilated_conv(dy, _flip(kernel), strides, dx_pads, phases)
   _, kernel_vjp = jax.vjp(
     lambda k: lax.conv_general_dilated(x, k, strides, pads, dimension_numbers=_DN), kernel
   )
@@ -316,17 +400,17 @@ def _strided_conv_bwd(strides, pads, residuals, dy):
 _strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _dilated_conv(x: jax.Array, kernel: jax.Array, strides: tuple, pads: tuple) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _dilated_conv(x: jax.Array, kernel: jax.Array, strides: tuple, pads: tuple, phases: bool):
   """``lax.conv_transpose(x, kernel, strides, pads)`` in its sub-pixel form."""
-  return _conv_transpose_depth_to_space(x, kernel, strides, pads)
+  return _subpixel_transpose(x, kernel, strides, pads, phases)
 
 
-def _dilated_conv_fwd(x, kernel, strides, pads):
-  return _dilated_conv(x, kernel, strides, pads), (x, kernel)
+def _dilated_conv_fwd(x, kernel, strides, pads, phases):
+  return _dilated_conv(x, kernel, strides, pads, phases), (x, kernel)
 
 
-def _dilated_conv_bwd(strides, pads, residuals, dz):
+def _dilated_conv_bwd(strides, pads, phases, residuals, dz):
   """``dx[j] = Σ_t dz[s·j + a − t] w[t]``: a strided conv of ``dz`` padded by ``k − 1 − a``
   before, with the flipped kernel."""
   x, kernel = residuals
@@ -336,8 +420,17 @@ def _dilated_conv_bwd(strides, pads, residuals, dz):
       kernel.shape[:2], pads, x.shape[1:3], dz.shape[1:3], strides, strict=True
     )
   )
-  dx = _strided_conv(dz, _flip(kernel), strides, dx_pads)
-  _, kernel_vjp = jax.vjp(lambda k: _conv_transpose_depth_to_space(x, k, strides, pads), kernel)
+  dx = _strided_conv(dz, _flip(kernel), strides, dx_pads, phases)
+  if phases:
+    # ⟨dz, conv_transpose(x, w)⟩ = ⟨x, conv(dz, flip(w))⟩: the kernel-gradient is that of the
+    # strided conv above at cotangent x (XLA's kernel-dilated filter gradient, faster on CPU
+    # than the per-phase convs' filter gradients: 20 against 40 ms, 16²×32 → 32²×32, batch 64).
+    _, kernel_vjp = jax.vjp(
+      lambda k: lax.conv_general_dilated(dz, _flip(k), strides, dx_pads, dimension_numbers=_DN),
+      kernel,
+    )
+    return dx, kernel_vjp(x)[0]
+  _, kernel_vjp = jax.vjp(lambda k: _subpixel_transpose(x, k, strides, pads, phases), kernel)
   return dx, kernel_vjp(dz)[0]
 
 
