@@ -9,10 +9,10 @@ for every ``--executions`` way of running the members), both on batches already 
 ``examples_per_s`` counts real examples of every member (``N · n_critic · B`` a step);
 ``vs_sequential`` is the population's examples/s over the single run's, i.e. over the N members
 trained one after another (> 1: the population is faster). ``gflop`` is XLA's cost analysis of
-the compiled step (``compiled.cost_analysis()["flops"]``), ``gflop_per_s`` what the measured
-rate achieves, ``pct_peak`` that against the device's peak: on CPU a float32 matrix product
-measured in the same run (``peak_gflop_per_s`` in the JSON), on GPU the H200's dense peaks
-(TF32 for float32 — XLA's default matmul precision there — 495 TFLOP/s).
+the step (``experiments.hardware``), ``gflop_per_s`` what the measured rate achieves,
+``pct_peak`` that against the device's peak (``experiments.hardware.peak_of``): on CPU a float32
+matrix product measured in the same run (``peak_gflop_per_s`` in the JSON), on an H200 its TF32
+dense peak (XLA's default precision for float32 matmuls there).
 
 * ``toy``: ``wgan_gp_toy.py`` (MLP 512, batch 256, n_critic 5) on the toy set's batches.
 * ``vae``: ``beta_vae_dsprites.py`` (conv nets, batch 64) on random binary images; the sweep is
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import cli
+from experiments import cli, hardware
 from gen_models import config as config_lib
 from gen_models import data as data_lib
 from gen_models import models, population
@@ -47,8 +47,6 @@ CONFIGS = {
   "vae": ("beta_vae_dsprites", "vae.beta", lambda n: np.geomspace(1, 16, n)),
   "flow": ("realnvp_toy", "optimizer.learning_rate", lambda n: np.geomspace(3e-4, 3e-3, n)),
 }
-# H200 dense peaks (TFLOP/s) by compute dtype; f32 runs as TF32 under XLA's default precision.
-GPU_PEAK_TFLOPS = {"float32": 495.0, "bfloat16": 989.0}
 
 _CONFIGS = flags.DEFINE_list("configs", ["toy", "vae", "flow"], f"From {', '.join(CONFIGS)}.")
 _POPULATION = flags.DEFINE_list("population", ["1", "4", "8"], "Population sizes N.")
@@ -68,15 +66,6 @@ def _config(name: str):
 def _default_steps(name: str) -> int:
   cpu = jax.default_backend() == "cpu"
   return {"toy": 20, "vae": 3, "flow": 20}[name] if cpu else 50
-
-
-def cpu_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-  """The best float32 ``n³`` matrix product rate (GFLOP/s) of this process's JAX device."""
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(repeats))
-  return 2 * n**3 / best / 1e9
 
 
 def _timed(fn) -> float:
@@ -102,9 +91,7 @@ def _measure(step, state, batch, steps: int, warmup: int) -> dict:
   t = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  flops = hardware.flops_of_lowered(lowered) or float("nan")
   for _ in range(warmup):
     state, _ = compiled(state, batch)
   jax.block_until_ready(state)
@@ -205,10 +192,9 @@ def run() -> dict:
   if bad:
     raise UserError(f"--executions: unknown {bad}; known: {', '.join(population.EXECUTIONS)}")
   backend = jax.default_backend()
-  if backend == "cpu":
-    peak, peak_note = cpu_peak_gflops(), "float32 2048³ matmul measured in this run"
-  else:
-    peak, peak_note = 1e3 * GPU_PEAK_TFLOPS["float32"], "H200 TF32 dense (XLA's f32 default)"
+  gemms = [hardware.measure_gemm(2048)]  # The peak on CPU (and on GPUs without a data sheet).
+  peak_note, peak = hardware.peak_of({}, backend, str(jax.devices()[0].device_kind), gemms)
+  peak /= 1e9
   print(f"peak: {peak:,.0f} GFLOP/s ({peak_note})", flush=True)
   rows = []
   for name in _CONFIGS.value:
