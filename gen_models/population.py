@@ -38,6 +38,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 
 import jax
@@ -46,7 +47,13 @@ import ml_collections
 import numpy as np
 
 from gen_models import config as config_lib
+from gen_models import data as data_lib
+from gen_models import devices as dev
+from gen_models import models
+from gen_models.data import StepIterator
+from gen_models.data import members as member_data
 from gen_models.errors import UserError
+from gen_models.logs import info
 from gen_models.train_state import TrainState, tree_all_finite
 
 EXECUTIONS = ("auto", "vmap", "map", "unroll")
@@ -76,8 +83,6 @@ class Member:
 
 def sweepable_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The keys ``population.sweep`` may vary for ``config.model`` (the family's ``SWEEPABLE``)."""
-  from gen_models import models  # Late import: models import the config, which imports nothing.
-
   return tuple(getattr(models.module(config.model), "SWEEPABLE", ()))
 
 
@@ -176,8 +181,6 @@ def execution(config: ml_collections.ConfigDict, backend: str | None = None) -> 
   """``population.execution`` with ``auto`` resolved for ``backend`` (default: JAX's): ``vmap``,
   except ``unroll`` for image models (conv nets) on CPU, where vmapped convolutions become slow
   grouped convolutions (docs/POPULATIONS.md has the measurements)."""
-  from gen_models import data as data_lib
-
   mode = config.population.execution
   if mode not in EXECUTIONS:
     raise UserError(f"unknown population.execution {mode!r}; known: {', '.join(EXECUTIONS)}")
@@ -190,9 +193,6 @@ def execution(config: ml_collections.ConfigDict, backend: str | None = None) -> 
 def check(config: ml_collections.ConfigDict) -> list[Member]:
   """The members, each member's config checked by its family (a one-line error naming the
   member), and ``population.execution`` / ``population.chunk`` checked."""
-  from gen_models import data as data_lib
-  from gen_models import models
-
   found = members(config)
   execution(config)
   chunk = int(config.population.chunk)
@@ -299,8 +299,6 @@ def make_mesh(config, members_: Sequence[Member], devices=None):
   """The training mesh: ``data`` over every device, or for a vmapped population in one process
   ``members × data`` with ``gcd(N, devices)`` member groups, so that members spread over
   devices when N allows (each member's step then runs data-parallel within its group)."""
-  from gen_models import devices as dev
-
   devices = list(jax.devices() if devices is None else devices)
   groups = 1
   if is_population(config) and execution(config) == "vmap" and jax.process_count() == 1:
@@ -356,10 +354,7 @@ class Plan:
   """
 
   def __init__(self, config, family, dataset, mesh, members_: Sequence[Member]):
-    from gen_models import devices as dev
-    from gen_models.data import StepIterator
-    from gen_models.data import members as member_data
-    from gen_models.runs import state_init
+    from gen_models.runs import state_init  # runs reads populations back: it imports this.
 
     self.config, self.family, self.dataset, self.mesh = config, family, dataset, mesh
     self.members = list(members_)
@@ -381,10 +376,6 @@ class Plan:
       )
       data_sharding = dev.batch_sharding(mesh, 2)
       if on_device:
-        import time
-
-        from gen_models.logs import info
-
         decode, t0 = dataset.decode, time.perf_counter()
         table = jax.tree.map(np.asarray, dataset.table())
         self._table = jax.device_put(table, dev.replicated(mesh))
@@ -398,7 +389,7 @@ class Plan:
         step = members_step
     self._data_sharding = data_sharding
     if self._table is not None:
-      shardings = (self.state_sharding, self.state_sharding, data_sharding)
+      shardings = (self.state_sharding, dev.replicated(mesh), data_sharding)
       jitted = jax.jit(
         step, in_shardings=shardings, out_shardings=self.state_sharding, donate_argnums=0
       )
@@ -413,14 +404,10 @@ class Plan:
 
   def put(self, host_data):
     """This process's rows of a step's data → global arrays, split over ``data``."""
-    from gen_models import devices as dev
-
     return dev.global_batch(host_data, self.mesh, batch_axis=2 if self.population else 1)
 
   def data_init(self, state: TrainState) -> TrainState:
     """The family's data-dependent initialisation on global batch 0 (each member's own)."""
-    from gen_models import devices as dev
-
     if not self.population:
       first = dev.global_batch(self.dataset.batch(0), self.mesh)
       return jax.jit(self.family.data_init, out_shardings=self.state_sharding)(state, first)
@@ -428,8 +415,6 @@ class Plan:
     data = self.put(next(self.iterator))  # Step 0: every member's batches 0..k-1.
     self.iterator.step = saved
     if self._table is not None:
-      from gen_models.data import members as member_data
-
       decode = self.dataset.decode
       data = jax.jit(lambda t, i: member_data.gather(t, i, decode))(self._table, data)
     first = jax.tree.map(lambda x: x[:, 0], data)  # (N, B, ...): each member's global batch 0.
@@ -453,8 +438,6 @@ class Plan:
     """``{member index: step it froze at}`` of a (restored) population state."""
     if not self.population:
       return {}
-    from gen_models import devices as dev
-
     at = np.asarray(dev.to_host(state.hparams[FROZEN]))
     return {i: int(s) for i, s in enumerate(at) if s > 0}
 
