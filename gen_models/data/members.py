@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gen_models.data import StepIterator, reseeded
+from gen_models.data import StepIterator, order, reseeded
 from gen_models.errors import UserError
 
 
@@ -67,9 +67,8 @@ class MemberSteps:
   def __next__(self):
     k, t = self.batches_per_step, self.step
     self.step += 1
-    if self.on_device:
-      idx = [np.stack([rows(t * k + j) for j in range(k)]) for rows in self._rows]
-      return np.stack(idx).astype(np.int32)
+    if self.on_device:  # Every member's indices in one vectorised shuffle.
+      return order.ProcessBatches.stacked(self._rows, range(t * k, t * k + k)).astype(np.int32)
     by_seed = {}
     for s, it in self._iters.items():
       it.step = t

@@ -22,7 +22,9 @@ repeated until the value is ``≤ max_index`` (cycle walking).
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -55,30 +57,40 @@ def seed_seq_words(seed: int, n: int) -> list[int]:
   return out
 
 
-def index_shuffle(index: np.ndarray, max_index: int, seed: int, rounds: int = 4) -> np.ndarray:
+@functools.lru_cache(maxsize=4096)
+def _round_keys(seed: int, rounds: int) -> tuple[int, ...]:
+  return tuple(seed_seq_words(seed, rounds))
+
+
+def index_shuffle(index: np.ndarray, max_index: int, seed, rounds: int = 4) -> np.ndarray:
   """The positions of ``index`` (any shape, ints in ``[0, max_index]``) in grain's permutation of
-  ``[0, max_index]`` for ``seed`` — ``grain.experimental.index_shuffle`` elementwise, vectorised
-  (the module docstring gives the cipher). Returns int64 of ``index``'s shape."""
+  ``[0, max_index]`` for ``seed`` (an int, or ints broadcastable to ``index``: one permutation
+  per element) — ``grain.experimental.index_shuffle`` elementwise, vectorised (the module
+  docstring gives the cipher). Returns int64 of ``index``'s shape."""
   index = np.asarray(index, np.uint64)
   if max_index == 0:
     return np.zeros(index.shape, np.int64)
   bits = math.ceil(math.log2(max_index))
   w = max(bits + bits % 2, 16) // 2
   mask, width = np.uint64((1 << w) - 1), np.uint64(w)
-  keys = [np.uint64(k & ((1 << w) - 1)) for k in seed_seq_words(seed & _M32, rounds)]
+  seeds, where = np.unique(
+    np.broadcast_to(np.asarray(seed, np.int64) & _M32, index.shape), return_inverse=True
+  )
+  table = np.asarray([_round_keys(int(s), rounds) for s in seeds], np.uint64) & mask
+  keys = table[where.reshape(index.shape)]  # (*index.shape, rounds)
   rotl = lambda x, r: ((x << np.uint64(r)) | (x >> (width - np.uint64(r)))) & mask
   f = lambda x: (rotl(x, 1) & rotl(x, 8)) ^ rotl(x, 2)
 
-  def encrypt(v):
+  def encrypt(v, k):
     left, right = (v >> width) & mask, v & mask
     for i in range(0, rounds, 2):
-      left = left ^ f(right) ^ keys[i]
-      right = right ^ f(left) ^ keys[i + 1]
+      left = left ^ f(right) ^ k[..., i]
+      right = right ^ f(left) ^ k[..., i + 1]
     return (left << width) | right
 
   out, todo = index.copy(), np.ones(index.shape, bool)
   while todo.any():  # Cycle walking: re-encrypt what fell outside [0, max_index].
-    out[todo] = encrypt(out[todo])
+    out[todo] = encrypt(out[todo], keys[todo])
     todo = out > np.uint64(max_index)
   return out.astype(np.int64)
 
@@ -95,12 +107,18 @@ def batch_indices(num_examples: int, batch_size: int, seed: int, batch: int) -> 
   of ``num_examples`` examples (the module docstring gives the formula)."""
   if num_examples < 1 or batch_size < 1 or batch < 0:
     raise ValueError(f"bad order arguments: n={num_examples}, b={batch_size}, batch={batch}")
-  epochs, positions = divmod(np.arange(batch * batch_size, (batch + 1) * batch_size), num_examples)
-  out = np.empty((batch_size,), np.int64)
-  for e in np.unique(epochs):  # A batch spans one epoch, or two at a boundary.
-    where = epochs == e
-    out[where] = index_shuffle(positions[where], num_examples - 1, (seed + int(e)) % _SEEDS)
-  return out
+  return many_batch_indices(num_examples, batch_size, [seed], [batch])[0, 0]
+
+
+def many_batch_indices(
+  num_examples: int, batch_size: int, seeds: Sequence[int], batches: Sequence[int]
+) -> np.ndarray:
+  """:func:`batch_indices` of every seed and batch at once: ``(len(seeds), len(batches),
+  batch_size)`` int64, in one vectorised shuffle (a population's step: its members' seeds)."""
+  flat = np.asarray(batches, np.int64)[:, None] * batch_size + np.arange(batch_size)
+  epochs, positions = divmod(flat, num_examples)  # A batch may span an epoch boundary.
+  seed = (np.asarray(seeds, np.int64)[:, None, None] + epochs[None]) % _SEEDS
+  return index_shuffle(np.broadcast_to(positions, seed.shape), num_examples - 1, seed)
 
 
 class ProcessBatches:
@@ -121,3 +139,12 @@ class ProcessBatches:
   def __call__(self, index: int) -> np.ndarray:
     local = index * self.num_processes + self.process
     return batch_indices(self.num_examples, self.local_batch_size, self.seed, local)
+
+  @staticmethod
+  def stacked(rows: Sequence[ProcessBatches], indices: Sequence[int]) -> np.ndarray:
+    """``rows[n](indices[j])`` for every ``n`` and ``j``: ``(N, len(indices), B/P)`` int64, all
+    in one vectorised shuffle; ``rows`` differ only in their seed."""
+    first = rows[0]
+    local = [i * first.num_processes + first.process for i in indices]
+    seeds = [r.seed for r in rows]
+    return many_batch_indices(first.num_examples, first.local_batch_size, seeds, local)
