@@ -441,9 +441,22 @@ def log_prob(
   return standard_normal_log_prob(z) + ld + pre_ld, new_vars.get("batch_stats"), per_layer
 
 
-def bits_per_dim(log_p_u: jax.Array, num_dims: int) -> jax.Array:
+def pixel_nll(log_p_u, num_dims: int):
+  """``−log p(u) + D ln 256``: the negative log-density (nats) of the dequantised pixels on
+  ``[0, 256)^D`` for ``log p(u)`` on ``[0, 1)^D`` (any shape; linear, so it maps a mean to the
+  mean). The one place of the ``D ln 256`` term: training metrics, ``evaluate`` and
+  ``experiments.evaluate_likelihood`` all go through it."""
+  return -log_p_u + num_dims * LN256
+
+
+def to_bits_per_dim(nll, num_dims: int):
+  """Nats per example → bits per dimension: ``nll / (D ln 2)``."""
+  return nll / (num_dims * LN2)
+
+
+def bits_per_dim(log_p_u, num_dims: int):
   """``(−log p(u) + D ln 256) / (D ln 2)`` for ``log p(u)`` on ``[0, 1)^D``."""
-  return (-log_p_u + num_dims * LN256) / (num_dims * LN2)
+  return to_bits_per_dim(pixel_nll(log_p_u, num_dims), num_dims)
 
 
 def decode(h: jax.Array, prep: Preprocess) -> jax.Array:
@@ -496,10 +509,8 @@ def train_step(
     log_p, stats, per_layer = log_prob(
       {"params": params, **model_state}, x, key, flow=flow, prep=prep, train=True
     )
-    nll = -jnp.mean(log_p)
-    if prep.image:
-      nll = nll + num_dims * LN256
-    objective = nll / (num_dims * LN2) if prep.image else nll
+    nll = pixel_nll(jnp.mean(log_p), num_dims) if prep.image else -jnp.mean(log_p)
+    objective = to_bits_per_dim(nll, num_dims) if prep.image else nll
     loss = objective + l2 * l2_penalty(params)
     log_det = jnp.mean(sum(per_layer.values()))
     return loss, (nll, log_det, stats)
@@ -519,7 +530,7 @@ def train_step(
   )
   metrics = {"loss": loss, "nll": nll, "log_det": log_det}
   if prep.image:
-    metrics["bits_per_dim"] = nll / (num_dims * LN2)
+    metrics["bits_per_dim"] = to_bits_per_dim(nll, num_dims)
   return new_state, metrics
 
 
@@ -578,8 +589,8 @@ def evaluate(
   ).astype(np.float64)
   out = {}
   if image:
-    out["nll"] = float(-np.mean(log_p) + num_dims * LN256)
-    out["bits_per_dim"] = out["nll"] / (num_dims * LN2)
+    out["nll"] = float(pixel_nll(np.mean(log_p), num_dims))
+    out["bits_per_dim"] = to_bits_per_dim(out["nll"], num_dims)
   else:
     out["nll"] = float(-np.mean(log_p))
   if true_log_density is not None:
