@@ -75,6 +75,19 @@ VECTOR = dict(shape=(4,), num_couplings=3, hidden=(8,))
 IMAGE = dict(shape=(4, 4, 2), num_scales=2, features=4, blocks=1, impl="xla")
 SMALL_IMAGE = dict(shape=(4, 4, 1), num_scales=2, features=2, blocks=0, impl="xla")
 
+# Every option of the reference code on: weight norm, batch norm and skip convs in the s/t net, a
+# 1×1 output conv, the [relu(h), relu(−h), b] input, (x + t)·exp(s), batch norm of the
+# transformed half.
+REF = r.Coupling(
+  weight_norm=True,
+  batch_norm=True,
+  skip=True,
+  out_kernel=1,
+  input="concat_relu",
+  shift_first=True,
+  out_norm=True,
+)
+
 LAYERS = [
   ("vector", (4,), lambda: r.AffineCoupling("vector", 0, hidden=(8,))),
   ("vector_odd", (5,), lambda: r.AffineCoupling("vector", 1, hidden=(8,))),
@@ -88,6 +101,16 @@ LAYERS = [
     "channel_odd",
     (2, 2, 4),
     lambda: r.AffineCoupling("channel", 1, features=4, blocks=1, impl="xla"),
+  ),
+  (
+    "checkerboard_reference",
+    (4, 4, 2),
+    lambda: r.AffineCoupling("checkerboard", 0, features=4, blocks=1, impl="xla", options=REF),
+  ),
+  (
+    "channel_reference",
+    (2, 2, 4),
+    lambda: r.AffineCoupling("channel", 1, features=4, blocks=1, impl="xla", options=REF),
   ),
   ("batchnorm", (2, 2, 3), lambda: r.BatchNorm(momentum=0.0)),
   ("actnorm", (2, 2, 3), r.ActNorm),
@@ -206,6 +229,101 @@ def test_parameter_count_by_hand():
 
   assert count(r.RealNVP(r.Spec(**VECTOR)), (1, 4)) == 372
   assert count(r.RealNVP(r.Spec(**IMAGE)), (1, 4, 4, 2)) == 7118
+
+
+@pytest.mark.parametrize(
+  ("config", "shape", "want"),
+  [("realnvp_cifar10", (32, 32, 3), 19_609_586), ("realnvp_mnist", (32, 32, 1), 19_530_022)],
+)
+def test_paper_config_parameter_counts_by_hand(config, shape, want):
+  """The paper configs (the reference code's s/t nets: weight norm, batch norm, skips; 8 blocks;
+  widths 64 at scale 0, doubled at scale 1 and in the channel couplings). One s/t ResNet with
+  input C_in, width F, output O, B = 8 blocks has
+    first 3×3 conv (v, bias; no g: a batch norm follows)            9·C_in·F + F
+    first 1×1 skip (v, g, bias)                                      F² + 2F
+    per block: norm (offset) F, 3×3 conv (v only) 9F², norm F,
+               3×3 conv (v, g, bias) 9F² + 2F, 1×1 skip F² + 2F     19F² + 6F
+    output norm (offset) F; 1×1 output conv (v, g, bias)            F + F·O + 2·O
+  so R = 9·C_in·F + F² + 4F + 8·(19F² + 6F) + F·O + 2·O; each coupling adds its input norm
+  (offsets of the C kept channels) and its tanh scales (the O/2 transformed channels); the
+  transformed-half batch norm has no parameters.
+  CIFAR-10: 3 checkerboard couplings on 32×32×3 (C_in = 2·3 + 1 = 7, F = 64, O = 6):
+  R = 4032 + 4096 + 256 + 625,664 + 384 + 12 = 634,444, + 3 + 3; 3 channel couplings on
+  16×16×12 (C_in = 2·6, F = 128, O = 12): R = 13,824 + 16,384 + 512 + 2,496,512 + 1,536 + 24 =
+  2,528,792, + 6 + 6; 4 checkerboard couplings on 16×16×6 (C_in = 13, F = 128, O = 12):
+  R = 2,529,944, + 6 + 6. Total 3·634,450 + 3·2,528,804 + 4·2,529,956 = 19,609,586.
+  MNIST (28×28×1 after the crop): 3 × (R(3, 64, 2) = 631,876, + 1 + 1), 3 × (R(4, 128, 4) =
+  2,518,536, + 2 + 2), 4 × (R(5, 128, 4) = 2,519,688, + 2 + 2): 19,530,022."""
+  import importlib
+
+  from gen_models import config as config_lib
+
+  c = config_lib.validate(importlib.import_module(f"experiments.configs.{config}").get_config())
+  flow = r.bind(c, shape).flow
+  shapes = jax.eval_shape(flow.init, jax.random.key(0), jnp.zeros((1, *flow.spec.shape)))
+  assert sum(math.prod(x.shape) for x in jax.tree.leaves(shapes["params"])) == want
+
+
+def test_transformed_half_batch_norm_uses_the_reference_statistics():
+  """Train mode, checkerboard coupling with the reference options, against the same coupling
+  without the norm (``y₀``, its log-det ``ld₀``): with ``m, v`` the mean and biased variance per
+  channel of ``y₀ ⊙ (1 − b)`` over batch and pixels (the kept positions counted as zeros, as the
+  reference's ``batch_norm_log_diff(res * (1 − mask))``), ``y = y₀`` at kept positions and
+  ``(y₀ − m)/√(v + ε)`` elsewhere, the log-det is ``ld₀ − ½ Σ_transformed log(v + ε)``, and the
+  running averages move by ``1 − momentum`` towards ``m, v``."""
+  import dataclasses
+
+  layer = r.AffineCoupling("checkerboard", 1, features=4, blocks=1, impl="xla", options=REF)
+  plain = layer.clone(options=dataclasses.replace(REF, out_norm=False))
+  x = jax.random.normal(jax.random.key(0), (6, 4, 4, 2))
+  variables = _random_variables(layer, x)
+  train = lambda module: fast_jit(
+    lambda v, x: module.apply(v, x, train=True, mutable=["batch_stats"])
+  )
+  (y, ld), new = train(layer)(variables, x)
+  (y0, ld0), _ = train(plain)(variables, x)
+  mask = np.asarray(r.AffineCoupling.mask((4, 4, 2), "checkerboard", 1))
+  yt = np.where(mask, 0.0, np.asarray(y0, np.float64))
+  m, v = yt.mean(axis=(0, 1, 2)), yt.var(axis=(0, 1, 2))
+  eps = REF.epsilon
+  np.testing.assert_allclose(y, np.where(mask, y0, (y0 - m) / np.sqrt(v + eps)), atol=1e-5)
+  count = (~mask[..., 0]).sum()  # Transformed positions per channel.
+  np.testing.assert_allclose(ld, ld0 - 0.5 * count * np.sum(np.log(v + eps)), rtol=1e-5)
+  mu = REF.momentum
+  for name, batch in (("mean", m), ("var", v)):
+    want = mu * variables["batch_stats"][name] + (1 - mu) * batch
+    np.testing.assert_allclose(new["batch_stats"][name], want, rtol=1e-5, atol=1e-6)
+
+
+def test_l2_on_the_scales_and_global_norm_clipping():
+  """``l2_penalty(·, "scales")`` is Σ g² over the weight-norm scales plus Σ scale² of the
+  checkerboard couplings (the reference's ``magnitude`` and ``rescaling_scale``), counted here
+  by walking the parameter names; clipping is g·c/max(‖g‖, c) with the global norm."""
+  spec = r.Spec(**dict(SMALL_IMAGE, normalization="transformed_batchnorm", coupling=REF))
+  flow = r.RealNVP(spec)
+  params = fast_jit(lambda k: _perturb(flow.init(k, jnp.zeros((1, 4, 4, 1)))["params"], k))(
+    jax.random.key(0)
+  )
+  flat = {k: np.asarray(v, np.float64) for k, v in traverse_util.flatten_dict(params).items()}
+  want = sum(float(np.sum(np.square(v))) for k, v in flat.items() if k[-1] == "g")
+  want += sum(
+    float(np.sum(np.square(v)))
+    for k, v in flat.items()
+    if k[-1] == "scale" and k[0].split("_")[1].startswith("checkerboard")
+  )
+  assert any(k[-1] == "g" for k in flat) and want > 0
+  penalty = fast_jit(r.l2_penalty, static_argnums=1)
+  np.testing.assert_allclose(penalty(params, "scales"), want, rtol=1e-6)
+  kernels = sum(float(np.sum(np.square(v))) for k, v in flat.items() if k[-1] == "kernel")
+  np.testing.assert_allclose(penalty(params, "kernels"), kernels, rtol=1e-6)
+
+  grads = {"a": jnp.array([3.0, 0.0]), "b": {"c": jnp.array([[4.0]])}}  # Global norm 5.
+  clipped, norm = r.clip_by_global_norm(grads, 2.0)
+  assert float(norm) == pytest.approx(5.0)
+  np.testing.assert_allclose(clipped["a"], [1.2, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(clipped["b"]["c"], [[1.6]], rtol=1e-6)
+  same, _ = r.clip_by_global_norm(grads, 100.0)
+  np.testing.assert_array_equal(same["a"], grads["a"])
 
 
 def test_every_coupling_starts_as_the_identity():
