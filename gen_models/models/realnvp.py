@@ -40,7 +40,15 @@ after each. *Images* (§3.6, multi-scale) — per scale: 3 checkerboard coupling
 couplings, then half the channels are factored out (they go to ``z``); at the last scale 4
 checkerboard couplings. ``num_scales`` scales need H and W divisible by ``2^(num_scales − 1)``.
 The s/t nets of images are ResNets (``gen_models.nn.ResNet``: ``resnet_blocks`` blocks of
-``resnet_features``; the paper adds batch norm and weight norm inside them, we do not).
+``resnet_features``).
+
+Reference options (:class:`Coupling`; off by default, on in the paper configs; docs/FLOWS.md has
+the table): the s/t ResNet with weight norm, batch norm, 1×1 skips and a 1×1 output conv; its
+input ``[relu(h), relu(−h), b]``; ``y = (x + t) ⊙ exp(s)``; instead of a normalisation layer,
+batch norm of the transformed half inside the coupling (``transformed_batchnorm``: no scale or
+offset, statistics of ``y ⊙ (1 − b)``, ``log|det| = −½ Σ_transformed log(v_c + ε)``); widths
+doubled per scale and in channel couplings; L2 on the scales; gradients clipped to a global
+norm.
 
 Images: pixels ``x ∈ {0..255}^D`` are dequantised, ``u = (x + ε)/256``, ``ε ~ U[0, 1)^D`` (a seeded
 draw in evaluation), then mapped with the logit transform of the authors' code::
@@ -56,7 +64,8 @@ Loss and logs of image flows are in **bits per dimension**::
 
     bits/dim = (−log p(u) + D ln 256) / (D ln 2)
 
-plus ``l2 · Σ w²`` over the weights (kernels) of the s/t nets (paper: 5e-5). Points use the mean
+plus ``l2 · Σ w²`` over the weights (kernels) of the s/t nets, or over the scales
+(``flow.l2_params``; the reference code's, 5e-5). Points use the mean
 negative log-likelihood in nats per example, ``−E_b log p(x_b)``, as their loss.
 
 ``sample(z)`` runs the inverse on ``z ~ N(0, T² I)`` (temperature ``T``), in evaluation mode.
