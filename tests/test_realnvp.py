@@ -170,6 +170,22 @@ def test_squeeze_is_a_permutation():
   np.testing.assert_array_equal(s[:, 1, 2, (2 * 1 + 0) * 3 + 2], x[:, 3, 4, 2])
 
 
+def test_reference_squeeze_and_factor_out_layout():
+  """The reference layout: channel ``c·4 + 2i + j`` of patch (h, w) is pixel (2h + i, 2w + j),
+  channel c (its ``squeeze_2x2``); after :func:`reorder`, block k of C channels is patch
+  position (0,0), (1,1), (0,1), (1,0) for k = 0..3 (its ``squeeze_2x2_ordered``), so the half
+  going on to the next scale is a checkerboard of the pixels; both invert exactly."""
+  x = jnp.arange(2 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 4, 6, 3)
+  s = r.squeeze(x, "reference")
+  np.testing.assert_array_equal(r.unsqueeze(s, "reference"), x)
+  for i, j, c in [(0, 0, 0), (0, 1, 2), (1, 0, 1), (1, 1, 2)]:
+    np.testing.assert_array_equal(s[:, 1, 2, c * 4 + 2 * i + j], x[:, 2 + i, 4 + j, c])
+  o = r.reorder(s)
+  np.testing.assert_array_equal(r.reorder(o, inverse=True), s)
+  for k, (i, j) in enumerate([(0, 0), (1, 1), (0, 1), (1, 0)]):
+    np.testing.assert_array_equal(o[:, 1, 2, k * 3 : (k + 1) * 3], x[:, 2 + i, 4 + j, :])
+
+
 FLOWS = [
   ("vector_batchnorm", dict(VECTOR, normalization="batchnorm", bn_momentum=0.0)),
   ("vector_actnorm", dict(VECTOR, normalization="actnorm")),
@@ -177,6 +193,15 @@ FLOWS = [
   (
     "image_2_scales_batchnorm",
     dict(SMALL_IMAGE, shape=(4, 4, 2), normalization="batchnorm", bn_momentum=0.0),
+  ),
+  (  # The reference's squeeze, factor-out and norm (its couplings: LAYERS, *_reference).
+    "image_2_scales_reference",
+    dict(
+      SMALL_IMAGE,
+      shape=(4, 4, 2),
+      normalization="transformed_batchnorm",
+      squeeze_layout="reference",
+    ),
   ),
 ]
 

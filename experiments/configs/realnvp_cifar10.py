@@ -10,11 +10,12 @@ facts): weight-normed s/t convs with batch norm inside, 1×1 skip convs and a 1�
 the s/t input ``[relu(2·bn(b⊙x)), relu(−2·bn(b⊙x)), b]``; ``y = (x + t)·exp(s)``; batch norm of
 the transformed half only, no scale/offset (``transformed_batchnorm``); widths doubled per scale
 and in the channel couplings (the code's ``dim · 2^scale``, ``2·dim``; the paper says only "64
-feature maps"); L2 5e-5 on the weight-norm scales and the checkerboard couplings' tanh scales
-(the code's ``magnitude`` and ``rescaling_scale``, not every weight); gradients clipped to a
-global norm of 100 (``tf.clip_by_global_norm``). Horizontal flips of the training images (the
-paper, §4.1; the code flips CelebA and LSUN, it has no CIFAR-10 pipeline). What still differs
-is listed in docs/FLOWS.md.
+feature maps"); the code's squeeze layout and factor-out (channel-major squeeze; the pixels
+(0,1), (1,0) of each 2×2 patch factored out); L2 5e-5 on the weight-norm scales and the
+checkerboard couplings' tanh scales (the code's ``magnitude`` and ``rescaling_scale``, not every
+weight); gradients clipped to a global norm of 100 (``tf.clip_by_global_norm``). Horizontal
+flips of the training images (the paper, §4.1; the code flips CelebA and LSUN, it has no
+CIFAR-10 pipeline). What still differs is listed in docs/FLOWS.md.
 
 Steps: neither the paper nor the code gives a number of training steps (the code's
 ``--train_steps`` has no meaningful default); 500,000 (MNIST 100,000) is our choice, without a
@@ -45,6 +46,7 @@ def get_config(arg: str | None = None, dataset: str = "cifar10"):
   c.flow.st_input = "concat_relu"
   c.flow.shift_first = True
   c.flow.double_features = True
+  c.flow.squeeze_layout = "reference"
   c.optimizer.clip_global_norm = 100.0
   c.dataset.random_flip = dataset == "cifar10"
   c.flow.num_eval_points = 10_000  # The whole test set.

@@ -47,8 +47,8 @@ the table): the s/t ResNet with weight norm, batch norm, 1×1 skips and a 1×1 o
 input ``[relu(h), relu(−h), b]``; ``y = (x + t) ⊙ exp(s)``; instead of a normalisation layer,
 batch norm of the transformed half inside the coupling (``transformed_batchnorm``: no scale or
 offset, statistics of ``y ⊙ (1 − b)``, ``log|det| = −½ Σ_transformed log(v_c + ε)``); widths
-doubled per scale and in channel couplings; L2 on the scales; gradients clipped to a global
-norm.
+doubled per scale and in channel couplings; the reference's squeeze layout and factor-out
+(:func:`reorder`); L2 on the scales; gradients clipped to a global norm.
 
 Images: pixels ``x ∈ {0..255}^D`` are dequantised, ``u = (x + ε)/256``, ``ε ~ U[0, 1)^D`` (a seeded
 draw in evaluation), then mapped with the logit transform of the authors' code::
@@ -128,6 +128,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.flow.st_input = "masked"  # One of ST_INPUTS; "concat_relu": [relu(x'), relu(−x'), mask].
   c.flow.shift_first = False  # y = (x + t)·exp(s) instead of x·exp(s) + t.
   c.flow.double_features = False  # s/t widths doubled per scale and in channel couplings.
+  # One of SQUEEZE_LAYOUTS; "reference": channel-major squeeze, checkerboard factor-out.
+  c.flow.squeeze_layout = "position_major"
   c.flow.crop = 0  # Images: pixels cropped from each border before the flow (MNIST: 2).
   c.flow.temperature = 1.0  # Of the sample PNGs.
   c.flow.num_eval_points = 10_000  # Held-out examples of each evaluation.
@@ -364,20 +366,46 @@ class AffineCoupling(nn.Module):
     return ((h + w) % 2 == parity)[:, :, None] & jnp.ones((1, 1, shape[2]), bool)
 
 
-def squeeze(x: jax.Array) -> jax.Array:
+SQUEEZE_LAYOUTS = ("position_major", "reference")
+# The reference's ordered squeeze: its channel blocks k = 0..3 hold the patch positions
+# p = 2i + j in this order, (0,0), (1,1), (0,1), (1,0); _ORDER_INV[p] is the block of p.
+_ORDER, _ORDER_INV = (0, 3, 1, 2), (0, 2, 3, 1)
+
+
+def squeeze(x: jax.Array, layout: str = "position_major") -> jax.Array:
   """``(B, H, W, C)`` → ``(B, H/2, W/2, 4C)``; channel ``(2i + j)·C + c`` is pixel ``(i, j)`` of
-  each 2×2 patch."""
+  each 2×2 patch (``"position_major"``), or ``c·4 + 2i + j`` (``"reference"``: the reference
+  code's ``squeeze_2x2``, channel-major)."""
   b, h, w, c = x.shape
-  x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+  x = x.reshape(b, h // 2, 2, w // 2, 2, c)
+  x = x.transpose(0, 1, 3, 5, 2, 4) if layout == "reference" else x.transpose(0, 1, 3, 2, 4, 5)
   return x.reshape(b, h // 2, w // 2, 4 * c)
 
 
-def unsqueeze(x: jax.Array) -> jax.Array:
+def unsqueeze(x: jax.Array, layout: str = "position_major") -> jax.Array:
   """The inverse of :func:`squeeze`: ``(B, H, W, 4C)`` → ``(B, 2H, 2W, C)``."""
   b, h, w, c4 = x.shape
   c = c4 // 4
-  x = x.reshape(b, h, w, 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+  if layout == "reference":
+    x = x.reshape(b, h, w, c, 2, 2).transpose(0, 1, 4, 2, 5, 3)
+  else:
+    x = x.reshape(b, h, w, 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
   return x.reshape(b, 2 * h, 2 * w, c)
+
+
+def reorder(x: jax.Array, inverse: bool = False) -> jax.Array:
+  """The reference's layout change before a factor-out (a permutation of channels): from the
+  channel-major squeeze's ``c·4 + p`` to its ordered squeeze's ``k·C + c``, where block ``k`` holds
+  the patch position ``p = (0, 3, 1, 2)[k]`` (what its ``unsqueeze_2x2`` then
+  ``squeeze_2x2_ordered`` compute); ``inverse`` goes back. The first half, positions (0,0) and
+  (1,1) of every patch, goes on to the next scale; the second, (0,1) and (1,0), is factored out."""
+  *lead, c4 = x.shape
+  c = c4 // 4
+  if inverse:
+    x = jnp.swapaxes(x.reshape(*lead, 4, c), -1, -2)[..., jnp.array(_ORDER_INV)]
+    return x.reshape(*lead, c4)
+  x = x.reshape(*lead, c, 4)[..., jnp.array(_ORDER)]
+  return jnp.swapaxes(x, -1, -2).reshape(*lead, c4)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,7 +417,9 @@ class Spec:
   """What the flow is built for: ``shape`` of one flow input (after cropping), ``num_scales``,
   ``num_couplings`` (points), s/t net sizes, the normalisation layer and how image couplings are
   built (``coupling``). ``double_features``: the s/t nets of scale ``k`` have ``features · 2^k``
-  channels, those of its channel couplings twice that (the reference code's widths)."""
+  channels, those of its channel couplings twice that (the reference code's widths).
+  ``squeeze_layout``: :func:`squeeze`'s channel order, and with ``"reference"`` the factor-out of
+  the reference code (:func:`reorder`)."""
 
   shape: tuple[int, ...]
   normalization: str = "batchnorm"
@@ -403,6 +433,7 @@ class Spec:
   impl: str = "auto"
   coupling: Coupling = Coupling()
   double_features: bool = False
+  squeeze_layout: str = "position_major"
 
   @property
   def is_image(self) -> bool:
@@ -478,6 +509,7 @@ class RealNVP(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, inverse: bool = False, train: bool = False):
     layers = layer_names(self.spec)
+    layout = self.spec.squeeze_layout
     pieces = self.latent_shapes()
     b = x.shape[0]
     per_layer = {}
@@ -485,7 +517,11 @@ class RealNVP(nn.Module):
       zs = []
       for name, kind, parity in layers:
         if kind == "squeeze":
-          x = squeeze(x)
+          x = squeeze(x, layout)
+        elif kind == "factor" and layout == "reference":
+          x, c = reorder(x), x.shape[-1] // 2
+          zs.append(x[..., c:].reshape(b, -1))
+          x = x[..., :c]
         elif kind == "factor":
           c = x.shape[-1] // 2
           zs.append(x[..., :c].reshape(b, -1))
@@ -501,7 +537,9 @@ class RealNVP(nn.Module):
     h, factored = parts[-1], parts[:-1]
     for name, kind, parity in reversed(layers):
       if kind == "squeeze":
-        h = unsqueeze(h)
+        h = unsqueeze(h, layout)
+      elif kind == "factor" and layout == "reference":
+        h = reorder(jnp.concatenate([h, factored.pop()], axis=-1), inverse=True)
       elif kind == "factor":
         h = jnp.concatenate([factored.pop(), h], axis=-1)
       else:
@@ -836,6 +874,7 @@ def bind(config: ml_collections.ConfigDict, example_shape: tuple[int, ...]) -> B
   for key, value, known in (
     ("flow.st_input", f.st_input, ST_INPUTS),
     ("flow.l2_params", f.l2_params, L2_PARAMS),
+    ("flow.squeeze_layout", f.squeeze_layout, SQUEEZE_LAYOUTS),
   ):
     if value not in known:
       raise UserError(f"unknown {key} {value!r}; known: {', '.join(known)}")
@@ -882,6 +921,7 @@ def bind(config: ml_collections.ConfigDict, example_shape: tuple[int, ...]) -> B
       shift_first=bool(f.shift_first),
     ),
     double_features=bool(f.double_features),
+    squeeze_layout=f.squeeze_layout,
   )
   prep = Preprocess(image=image, alpha=float(f.alpha), crop=int(f.crop) if image else 0)
   return Bound(RealNVP(spec), prep)
