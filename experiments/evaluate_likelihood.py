@@ -79,9 +79,55 @@ def check_data(x: np.ndarray, example_shape: tuple[int, ...], crop: int) -> np.n
   return images.to_model_space(x, crop if x.shape[1:] == inner else 0)
 
 
+def log_likelihoods(bound, state, x: np.ndarray, *, draws: int, batch_size: int, seed: int):
+  """Each example's log-density in nats, ``(N,)`` float64: ``log p(x)`` of points; of images the
+  density of the dequantised pixels on ``[0, 256)^D`` (``−realnvp.pixel_nll``), averaged over
+  ``draws`` dequantisations, chunk ``i`` of draw ``k`` keyed ``fold_in(fold_in(key(seed), k),
+  i)``. ``bound``: ``realnvp.bind(config, example_shape)``; ``x``: model-space examples."""
+  import jax
+
+  from gen_models import devices as dev
+  from gen_models.models import realnvp
+
+  log_prob_fn, layers_fn = jax.jit(bound.log_prob), jax.jit(bound.layer_log_dets)
+  key = jax.random.key(seed)
+  total = np.zeros(len(x))
+  for draw in range(draws):
+    for i, start in enumerate(range(0, len(x), batch_size)):
+      chunk = x[start : start + batch_size]
+      chunk_key = jax.random.fold_in(jax.random.fold_in(key, draw), i)
+      log_p = np.asarray(dev.to_host(log_prob_fn(state, chunk, chunk_key)), np.float64)
+      if not np.all(np.isfinite(log_p)):
+        realnvp.check_finite_log_dets(dev.to_host(layers_fn(state, chunk, chunk_key)))
+        raise UserError("non-finite log-density (the latent is not finite)")
+      total[start : start + len(chunk)] += log_p
+  log_p = total / draws
+  if bound.prep.image:
+    log_p = -realnvp.pixel_nll(log_p, math.prod(bound.flow.spec.shape))
+  return log_p
+
+
+def summary(log_p: np.ndarray, num_dims: int) -> dict:
+  """``nll_nats``, ``bits_per_dim`` (each with its standard error over the examples),
+  ``num_examples`` and ``num_dims`` of per-example log-densities ``log_p`` (nats)."""
+  from gen_models.models import realnvp
+
+  nll = -log_p
+  se = float(np.std(nll, ddof=1) / math.sqrt(len(nll))) if len(nll) > 1 else float("nan")
+  return {
+    "nll_nats": float(np.mean(nll)),
+    "nll_nats_stderr": se,
+    "bits_per_dim": realnvp.to_bits_per_dim(float(np.mean(nll)), num_dims),
+    "bits_per_dim_stderr": realnvp.to_bits_per_dim(se, num_dims),
+    "num_examples": len(nll),
+    "num_dims": num_dims,
+  }
+
+
 def run() -> dict:
   import jax
 
+  from gen_models import devices as dev
   from gen_models import population, runs
   from gen_models.models import realnvp
 
@@ -107,16 +153,21 @@ def run() -> dict:
   example_shape = data_lib.example_shape(config)
   image = len(example_shape) == 3
   x = check_data(raw, example_shape, config.flow.crop if image else 0)
-  flow_family = realnvp.bind(config, example_shape)
-  log_prob_fn = jax.jit(flow_family.log_prob)
-  layers_fn = jax.jit(flow_family.layer_log_dets)
-  num_dims = math.prod(flow_family.flow.spec.shape)
-  key = jax.random.key(_SEED.value)
-  k = _DEQUANT.value if image else 1
+  bound = realnvp.bind(config, example_shape)
   rows = []
   for member, state in chosen:
-    one = _member_log_prob(state, x, key, k, log_prob_fn, layers_fn, num_dims, image)
-    results, log_p = one
+    log_p = log_likelihoods(
+      bound,
+      state,
+      x,
+      draws=_DEQUANT.value if image else 1,
+      batch_size=_BATCH_SIZE.value,
+      seed=_SEED.value,
+    )
+    results = summary(log_p, math.prod(bound.flow.spec.shape))
+    results.update(
+      dequantization_samples=_DEQUANT.value if image else 1, step=int(dev.to_host(state.step))
+    )
     if population.is_population(config):
       results = {**cli.member_row(member), **results}
     rows.append((results, log_p))
@@ -133,41 +184,6 @@ def run() -> dict:
     except OSError as e:
       raise UserError(f"cannot write {_LOG_PROBS.value}: {e.strerror or e}") from None
   return results
-
-
-def _member_log_prob(state, x, key, k, log_prob_fn, layers_fn, num_dims, image):
-  """``(results, log p (N,))`` of one run's state on ``x``, ``k`` dequantisations averaged."""
-  import jax
-
-  from gen_models import devices as dev
-  from gen_models.models import realnvp
-
-  total = np.zeros(len(x))
-  for draw in range(k):
-    for i, start in enumerate(range(0, len(x), _BATCH_SIZE.value)):
-      chunk = x[start : start + _BATCH_SIZE.value]
-      chunk_key = jax.random.fold_in(jax.random.fold_in(key, draw), i)
-      log_p = np.asarray(dev.to_host(log_prob_fn(state, chunk, chunk_key)), np.float64)
-      if not np.all(np.isfinite(log_p)):
-        realnvp.check_finite_log_dets(dev.to_host(layers_fn(state, chunk, chunk_key)))
-        raise UserError("non-finite log-density (the latent is not finite)")
-      total[start : start + len(chunk)] += log_p
-  log_p = total / k
-  if image:
-    log_p = log_p - num_dims * realnvp.LN256  # Density of the pixels on [0, 256)^D.
-  nll = -log_p
-  se = float(np.std(nll, ddof=1) / math.sqrt(len(nll))) if len(nll) > 1 else float("nan")
-  results = {
-    "nll_nats": float(np.mean(nll)),
-    "nll_nats_stderr": se,
-    "bits_per_dim": float(np.mean(nll)) / (num_dims * math.log(2)),
-    "bits_per_dim_stderr": se / (num_dims * math.log(2)),
-    "num_examples": len(nll),
-    "num_dims": num_dims,
-    "dequantization_samples": k,
-    "step": int(dev.to_host(state.step)),
-  }
-  return results, log_p
 
 
 main = cli.results_main(run, width=22)

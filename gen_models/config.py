@@ -71,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.eval_split = "test"
   # True: image batches are {"image": (B, H, W, C), "label": (B,) int32} (labelled sets only).
   c.dataset.labels = False
+  # True: training images mirrored left-right, each by a seeded coin of its position in the
+  # example stream (gen_models.data.order.flips; image datasets only).
+  c.dataset.random_flip = False
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_samples = 1000

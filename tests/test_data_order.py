@@ -49,3 +49,38 @@ def test_vectorised_index_shuffle_equals_grains(max_index):
   for seed in (0, 1, 7, 2**31 + 5, 2**32 - 1):
     want = [index_shuffle(int(i), max_index, seed, 4) for i in index]
     np.testing.assert_array_equal(order.index_shuffle(index, max_index, seed), want)
+
+
+def test_random_flips_are_a_function_of_seed_and_stream_position():
+  """``dataset.random_flip``: global batch ``i`` is the unflipped batch with the examples at flat
+  positions ``t = i·B + j`` mirrored where ``order.flips(seed, t)``; about half are; the rows of
+  process 1 of 2 are the second half of the one-process batch, flips included (so resumes and
+  device or process counts see the same images); a toy dataset refuses the option."""
+  import tensorflow_datasets as tfds
+
+  from experiments.configs import wgan_gp_toy
+  from gen_models import data
+  from gen_models.data import images
+
+  with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
+    make = lambda flip: images.TfdsImageDataset("cifar10", 8, 3, None, random_flip=flip)
+    plain, flipped = make(False), make(True)
+    two = [make(True), make(False)]
+  f = order.flips(3, np.arange(10_000))
+  assert 0.48 < f.mean() < 0.52
+  np.testing.assert_array_equal(f[:40], order.flips(3, np.arange(40)))
+  assert not np.array_equal(f[:64], order.flips(4, np.arange(64)))
+  assert 0 < order.flips(3, np.arange(40)).sum() < 40  # The five batches below: some of each.
+  for i in range(5):
+    want = plain.batch(i).copy()
+    flip = order.flips(3, i * 8 + np.arange(8))
+    want[flip] = want[flip][:, :, ::-1]
+    np.testing.assert_array_equal(flipped.batch(i), want)
+    for ds in two:
+      ds._rows.num_processes, ds._rows.process, ds._rows.local_batch_size = 2, 1, 4
+    np.testing.assert_array_equal(two[0].batch(i), want[4:])
+    np.testing.assert_array_equal(two[1].batch(i), plain.batch(i)[4:])
+  config = wgan_gp_toy.get_config("smoke")
+  config.dataset.random_flip = True
+  with pytest.raises(UserError, match="dataset.random_flip needs an image dataset"):
+    data.create(config, 8)

@@ -234,3 +234,38 @@ def test_bad_arguments_are_clear_errors():
     conv2d(x, _random((9, 9, 3, 4), 1), (2, 2), "VALID", "space_to_depth")
   with pytest.raises(TypeError):
     gnn.Conv(4, (3, 3), kernel_dilation=2)  # flax's other options do not exist here.
+
+
+def test_weight_norm_conv_is_g_times_v_over_its_norm():
+  """``WeightNormConv`` computes ``conv(x, w) + b`` with ``w[..., o] = g_o v[..., o] / ‖v[..., o]‖``
+  (norm over kh, kw, C_in; written out here in numpy), so ``‖w[..., o]‖ = |g_o|``; without the
+  scale the kernels have unit norm; the initial ``g`` is the reference's ``a·√(C_in·kh·kw/12)``
+  with ``v ~ U(−a, a)``, ``a = √(2/C_in)``; ``zero_scale`` starts the output at the bias (0)."""
+  from gen_models.nn import WeightNormConv, weight_norm_kernel
+
+  x = jax.random.normal(jax.random.key(0), (2, 5, 5, 3))
+  layer = WeightNormConv(4, (3, 3), impl="xla")
+  params = layer.init(jax.random.key(1), x)["params"]
+  a = np.sqrt(2 / 3)
+  assert np.all(np.abs(params["v"]) <= a)
+  np.testing.assert_allclose(params["g"], a * np.sqrt(3 * 9 / 12), rtol=1e-6)
+  rng = np.random.default_rng(0)
+  params = {
+    "v": rng.normal(size=(3, 3, 3, 4)).astype(np.float32),
+    "g": rng.normal(size=(4,)).astype(np.float32),
+    "bias": rng.normal(size=(4,)).astype(np.float32),
+  }
+  v = params["v"].astype(np.float64)
+  w = params["g"] * v / np.sqrt(np.sum(v**2, axis=(0, 1, 2)))
+  np.testing.assert_allclose(np.sqrt(np.sum(w**2, axis=(0, 1, 2))), np.abs(params["g"]), rtol=1e-6)
+  np.testing.assert_allclose(weight_norm_kernel(params["v"], params["g"]), w, rtol=1e-5)
+  want = jax.lax.conv_general_dilated(
+    x, jnp.asarray(w, jnp.float32), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  np.testing.assert_allclose(
+    layer.apply({"params": params}, x), want + params["bias"], rtol=1e-5, atol=1e-5
+  )
+  unit = weight_norm_kernel(params["v"], None)
+  np.testing.assert_allclose(np.sqrt(np.sum(np.square(unit), axis=(0, 1, 2))), 1.0, rtol=1e-6)
+  zero = WeightNormConv(4, (1, 1), zero_scale=True, impl="xla")
+  np.testing.assert_array_equal(zero.apply(zero.init(jax.random.key(2), x), x), 0.0)

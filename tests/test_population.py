@@ -307,3 +307,25 @@ def test_evaluate_writes_a_row_per_member(toy_population, tmp_path):
   assert rows[1]["hparams"] == {"gan.gp_weight": 10.0} and rows[0]["fid"] != rows[1]["fid"]
   bad = run_cli("experiments.evaluate", *args, f"--output={out}", "--member=7")
   assert_one_line_error(bad, "--member=7 is out of range")
+
+
+def test_device_gathered_image_batches_keep_labels_and_each_seeds_flips():
+  """CIFAR-shaped mock data with labels and ``random_flip``: the gathered batches (images,
+  labels, mirrored examples) equal each seed's own batches."""
+  import tensorflow_datasets as tfds
+
+  from gen_models.data import images
+
+  with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
+    dataset = images.TfdsImageDataset("cifar10", 8, 3, None, labels=True, random_flip=True)
+  seeds = [3, 5]
+  steps = member_data.MemberSteps(dataset, seeds, 2, on_device=True)
+  steps.step = 3  # Batches 6 and 7: across the first epoch boundary of 16 examples.
+  data = next(steps)
+  table = jax.tree.map(jax.numpy.asarray, dataset.table())
+  got = jax.device_get(member_data.gather(table, data, dataset.decode))
+  assert got["image"].shape == (2, 2, 8, 32, 32, 3) and data["flip"].any()
+  for i, s in enumerate(seeds):
+    own = next(data_lib.StepIterator(data_lib.reseeded(dataset, s), 2, step=3))
+    np.testing.assert_array_equal(got["image"][i], own["image"])
+    np.testing.assert_array_equal(got["label"][i], own["label"])

@@ -75,6 +75,19 @@ VECTOR = dict(shape=(4,), num_couplings=3, hidden=(8,))
 IMAGE = dict(shape=(4, 4, 2), num_scales=2, features=4, blocks=1, impl="xla")
 SMALL_IMAGE = dict(shape=(4, 4, 1), num_scales=2, features=2, blocks=0, impl="xla")
 
+# Every option of the reference code on: weight norm, batch norm and skip convs in the s/t net, a
+# 1×1 output conv, the [relu(h), relu(−h), b] input, (x + t)·exp(s), batch norm of the
+# transformed half.
+REF = r.Coupling(
+  weight_norm=True,
+  batch_norm=True,
+  skip=True,
+  out_kernel=1,
+  input="concat_relu",
+  shift_first=True,
+  out_norm=True,
+)
+
 LAYERS = [
   ("vector", (4,), lambda: r.AffineCoupling("vector", 0, hidden=(8,))),
   ("vector_odd", (5,), lambda: r.AffineCoupling("vector", 1, hidden=(8,))),
@@ -88,6 +101,16 @@ LAYERS = [
     "channel_odd",
     (2, 2, 4),
     lambda: r.AffineCoupling("channel", 1, features=4, blocks=1, impl="xla"),
+  ),
+  (
+    "checkerboard_reference",
+    (4, 4, 2),
+    lambda: r.AffineCoupling("checkerboard", 0, features=4, blocks=1, impl="xla", options=REF),
+  ),
+  (
+    "channel_reference",
+    (2, 2, 4),
+    lambda: r.AffineCoupling("channel", 1, features=4, blocks=1, impl="xla", options=REF),
   ),
   ("batchnorm", (2, 2, 3), lambda: r.BatchNorm(momentum=0.0)),
   ("actnorm", (2, 2, 3), r.ActNorm),
@@ -147,6 +170,22 @@ def test_squeeze_is_a_permutation():
   np.testing.assert_array_equal(s[:, 1, 2, (2 * 1 + 0) * 3 + 2], x[:, 3, 4, 2])
 
 
+def test_reference_squeeze_and_factor_out_layout():
+  """The reference layout: channel ``c·4 + 2i + j`` of patch (h, w) is pixel (2h + i, 2w + j),
+  channel c (its ``squeeze_2x2``); after :func:`reorder`, block k of C channels is patch
+  position (0,0), (1,1), (0,1), (1,0) for k = 0..3 (its ``squeeze_2x2_ordered``), so the half
+  going on to the next scale is a checkerboard of the pixels; both invert exactly."""
+  x = jnp.arange(2 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 4, 6, 3)
+  s = r.squeeze(x, "reference")
+  np.testing.assert_array_equal(r.unsqueeze(s, "reference"), x)
+  for i, j, c in [(0, 0, 0), (0, 1, 2), (1, 0, 1), (1, 1, 2)]:
+    np.testing.assert_array_equal(s[:, 1, 2, c * 4 + 2 * i + j], x[:, 2 + i, 4 + j, c])
+  o = r.reorder(s)
+  np.testing.assert_array_equal(r.reorder(o, inverse=True), s)
+  for k, (i, j) in enumerate([(0, 0), (1, 1), (0, 1), (1, 0)]):
+    np.testing.assert_array_equal(o[:, 1, 2, k * 3 : (k + 1) * 3], x[:, 2 + i, 4 + j, :])
+
+
 FLOWS = [
   ("vector_batchnorm", dict(VECTOR, normalization="batchnorm", bn_momentum=0.0)),
   ("vector_actnorm", dict(VECTOR, normalization="actnorm")),
@@ -154,6 +193,15 @@ FLOWS = [
   (
     "image_2_scales_batchnorm",
     dict(SMALL_IMAGE, shape=(4, 4, 2), normalization="batchnorm", bn_momentum=0.0),
+  ),
+  (  # The reference's squeeze, factor-out and norm (its couplings: LAYERS, *_reference).
+    "image_2_scales_reference",
+    dict(
+      SMALL_IMAGE,
+      shape=(4, 4, 2),
+      normalization="transformed_batchnorm",
+      squeeze_layout="reference",
+    ),
   ),
 ]
 
@@ -206,6 +254,101 @@ def test_parameter_count_by_hand():
 
   assert count(r.RealNVP(r.Spec(**VECTOR)), (1, 4)) == 372
   assert count(r.RealNVP(r.Spec(**IMAGE)), (1, 4, 4, 2)) == 7118
+
+
+@pytest.mark.parametrize(
+  ("config", "shape", "want"),
+  [("realnvp_cifar10", (32, 32, 3), 19_609_586), ("realnvp_mnist", (32, 32, 1), 19_530_022)],
+)
+def test_paper_config_parameter_counts_by_hand(config, shape, want):
+  """The paper configs (the reference code's s/t nets: weight norm, batch norm, skips; 8 blocks;
+  widths 64 at scale 0, doubled at scale 1 and in the channel couplings). One s/t ResNet with
+  input C_in, width F, output O, B = 8 blocks has
+    first 3×3 conv (v, bias; no g: a batch norm follows)            9·C_in·F + F
+    first 1×1 skip (v, g, bias)                                      F² + 2F
+    per block: norm (offset) F, 3×3 conv (v only) 9F², norm F,
+               3×3 conv (v, g, bias) 9F² + 2F, 1×1 skip F² + 2F     19F² + 6F
+    output norm (offset) F; 1×1 output conv (v, g, bias)            F + F·O + 2·O
+  so R = 9·C_in·F + F² + 4F + 8·(19F² + 6F) + F·O + 2·O; each coupling adds its input norm
+  (offsets of the C kept channels) and its tanh scales (the O/2 transformed channels); the
+  transformed-half batch norm has no parameters.
+  CIFAR-10: 3 checkerboard couplings on 32×32×3 (C_in = 2·3 + 1 = 7, F = 64, O = 6):
+  R = 4032 + 4096 + 256 + 625,664 + 384 + 12 = 634,444, + 3 + 3; 3 channel couplings on
+  16×16×12 (C_in = 2·6, F = 128, O = 12): R = 13,824 + 16,384 + 512 + 2,496,512 + 1,536 + 24 =
+  2,528,792, + 6 + 6; 4 checkerboard couplings on 16×16×6 (C_in = 13, F = 128, O = 12):
+  R = 2,529,944, + 6 + 6. Total 3·634,450 + 3·2,528,804 + 4·2,529,956 = 19,609,586.
+  MNIST (28×28×1 after the crop): 3 × (R(3, 64, 2) = 631,876, + 1 + 1), 3 × (R(4, 128, 4) =
+  2,518,536, + 2 + 2), 4 × (R(5, 128, 4) = 2,519,688, + 2 + 2): 19,530,022."""
+  import importlib
+
+  from gen_models import config as config_lib
+
+  c = config_lib.validate(importlib.import_module(f"experiments.configs.{config}").get_config())
+  flow = r.bind(c, shape).flow
+  shapes = jax.eval_shape(flow.init, jax.random.key(0), jnp.zeros((1, *flow.spec.shape)))
+  assert sum(math.prod(x.shape) for x in jax.tree.leaves(shapes["params"])) == want
+
+
+def test_transformed_half_batch_norm_uses_the_reference_statistics():
+  """Train mode, checkerboard coupling with the reference options, against the same coupling
+  without the norm (``y₀``, its log-det ``ld₀``): with ``m, v`` the mean and biased variance per
+  channel of ``y₀ ⊙ (1 − b)`` over batch and pixels (the kept positions counted as zeros, as the
+  reference's ``batch_norm_log_diff(res * (1 − mask))``), ``y = y₀`` at kept positions and
+  ``(y₀ − m)/√(v + ε)`` elsewhere, the log-det is ``ld₀ − ½ Σ_transformed log(v + ε)``, and the
+  running averages move by ``1 − momentum`` towards ``m, v``."""
+  import dataclasses
+
+  layer = r.AffineCoupling("checkerboard", 1, features=4, blocks=0, impl="xla", options=REF)
+  plain = layer.clone(options=dataclasses.replace(REF, out_norm=False))
+  x = jax.random.normal(jax.random.key(0), (6, 4, 4, 2))
+  variables = _random_variables(layer, x)
+  train = lambda module: fast_jit(
+    lambda v, x: module.apply(v, x, train=True, mutable=["batch_stats"])
+  )
+  (y, ld), new = train(layer)(variables, x)
+  (y0, ld0), _ = train(plain)(variables, x)
+  mask = np.asarray(r.AffineCoupling.mask((4, 4, 2), "checkerboard", 1))
+  yt = np.where(mask, 0.0, np.asarray(y0, np.float64))
+  m, v = yt.mean(axis=(0, 1, 2)), yt.var(axis=(0, 1, 2))
+  eps = REF.epsilon
+  np.testing.assert_allclose(y, np.where(mask, y0, (y0 - m) / np.sqrt(v + eps)), atol=1e-5)
+  count = (~mask[..., 0]).sum()  # Transformed positions per channel.
+  np.testing.assert_allclose(ld, ld0 - 0.5 * count * np.sum(np.log(v + eps)), rtol=1e-5)
+  mu = REF.momentum
+  for name, batch in (("mean", m), ("var", v)):
+    want = mu * variables["batch_stats"][name] + (1 - mu) * batch
+    np.testing.assert_allclose(new["batch_stats"][name], want, rtol=1e-5, atol=1e-6)
+
+
+def test_l2_on_the_scales_and_global_norm_clipping():
+  """``l2_penalty(·, "scales")`` is Σ g² over the weight-norm scales plus Σ scale² of the
+  checkerboard couplings (the reference's ``magnitude`` and ``rescaling_scale``), counted here
+  by walking the parameter names; clipping is g·c/max(‖g‖, c) with the global norm."""
+  spec = r.Spec(**dict(SMALL_IMAGE, normalization="transformed_batchnorm", coupling=REF))
+  flow = r.RealNVP(spec)
+  # The initial values serve: the g's are the reference's (the last conv's 0), the tanh scales 1
+  # (so counting the channel couplings' too would show).
+  params = fast_jit(flow.init)(jax.random.key(0), jnp.zeros((1, 4, 4, 1)))["params"]
+  flat = {k: np.asarray(v, np.float64) for k, v in traverse_util.flatten_dict(params).items()}
+  want = sum(float(np.sum(np.square(v))) for k, v in flat.items() if k[-1] == "g")
+  want += sum(
+    float(np.sum(np.square(v)))
+    for k, v in flat.items()
+    if k[-1] == "scale" and k[0].split("_")[1].startswith("checkerboard")
+  )
+  assert any(k[-1] == "g" for k in flat) and want > 0
+  penalty = fast_jit(r.l2_penalty, static_argnums=1)
+  np.testing.assert_allclose(penalty(params, "scales"), want, rtol=1e-6)
+  kernels = sum(float(np.sum(np.square(v))) for k, v in flat.items() if k[-1] == "kernel")
+  np.testing.assert_allclose(penalty(params, "kernels"), kernels, rtol=1e-6)
+
+  grads = {"a": jnp.array([3.0, 0.0]), "b": {"c": jnp.array([[4.0]])}}  # Global norm 5.
+  clipped, norm = r.clip_by_global_norm(grads, 2.0)
+  assert float(norm) == pytest.approx(5.0)
+  np.testing.assert_allclose(clipped["a"], [1.2, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(clipped["b"]["c"], [[1.6]], rtol=1e-6)
+  same, _ = r.clip_by_global_norm(grads, 100.0)
+  np.testing.assert_array_equal(same["a"], grads["a"])
 
 
 def test_every_coupling_starts_as_the_identity():
@@ -298,6 +441,24 @@ def test_affine_flow_of_a_gaussian_has_the_closed_form_density():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
+def _log_p1(u, alpha):
+  """The identity flow's density of one dimension of ``u``: N(logit y; 0, 1) · (1 − 2α)/(y(1 −
+  y)), y = α + (1 − 2α)u (float64)."""
+  y = alpha + (1 - 2 * alpha) * u
+  logit = np.log(y) - np.log1p(-y)
+  return -0.5 * logit**2 - 0.5 * np.log(2 * np.pi) + np.log(1 - 2 * alpha) - np.log(y * (1 - y))
+
+
+def _identity_flow_pixel_nll(pixels, key, alpha):
+  """Each image's −log density of its dequantised pixels on [0, 256)^D under the identity flow,
+  ``−Σ_i log p₁(u_i) + D ln 256`` with the noise ``uniform(key)`` that ``flow_input`` draws: the
+  closed form, written out here independently of ``realnvp.pixel_nll``. ``(N,)`` float64."""
+  noise = np.asarray(jax.random.uniform(key, pixels.shape), np.float64)
+  u = (pixels + noise) / 256.0
+  n, d = len(pixels), math.prod(pixels.shape[1:])
+  return -np.sum(_log_p1(u, alpha).reshape(n, -1), 1) + d * np.log(256)
+
+
 def test_uniform_noise_images_bits_per_dim_closed_form():
   """Under the identity flow (couplings at init, no normalisation) each dimension of ``u`` has the
   density p₁(u) = N(logit y; 0, 1) · (1 − 2α)/(y(1 − y)), y = α + (1 − 2α)u, so an image's
@@ -317,23 +478,85 @@ def test_uniform_noise_images_bits_per_dim_closed_form():
   key = jax.random.key(3)
   log_p = fast_jit(lambda v, x, k: r.log_prob(v, x, k, flow=flow, prep=prep)[0])(variables, x, key)
   bpd = np.asarray(r.bits_per_dim(log_p, d), np.float64)
-
-  def log_p1(u):
-    y = alpha + (1 - 2 * alpha) * u
-    logit = np.log(y) - np.log1p(-y)
-    return -0.5 * logit**2 - 0.5 * np.log(2 * np.pi) + np.log(1 - 2 * alpha) - np.log(y * (1 - y))
-
-  noise = np.asarray(jax.random.uniform(key, (n, 4, 4, 3)), np.float64)
-  u = (pixels + noise) / 256.0
-  want = (-np.sum(log_p1(u).reshape(n, -1), 1) + d * np.log(256)) / (d * np.log(2))
+  want = _identity_flow_pixel_nll(pixels, key, alpha) / (d * np.log(2))
   np.testing.assert_allclose(bpd, want, rtol=2e-6)
   g, w = np.polynomial.legendre.leggauss(16)
   edges = np.linspace(0, 1, 65)
   mid, half = (edges[1:] + edges[:-1]) / 2, (edges[1:] - edges[:-1]) / 2
-  integral = np.sum(half[:, None] * w[None] * log_p1(mid[:, None] + half[:, None] * g[None]))
+  integral = np.sum(
+    half[:, None] * w[None] * _log_p1(mid[:, None] + half[:, None] * g[None], alpha)
+  )
   expected = 8 - integral / np.log(2)
   se = np.std(bpd) / np.sqrt(n)
   assert abs(np.mean(bpd) - expected) < 4 * se, (np.mean(bpd), expected, se)
+
+
+def test_training_evaluation_and_cli_nll_match_the_closed_form():
+  """The three image NLL outputs — the train step's ``nll`` / ``bits_per_dim`` / ``loss``,
+  ``evaluate``'s ``nll`` / ``bits_per_dim`` (the headline number) and
+  ``experiments.evaluate_likelihood``'s per-example log-densities and summary — each against the
+  identity flow's closed form on uniform-noise pixels (float64, the ``D ln 256`` written out in
+  the test): removing that term from ``realnvp.pixel_nll``, or computing any of the three
+  without it, fails here."""
+  from experiments import evaluate_likelihood as el
+
+  alpha, n, d = 0.05, 8, 48
+  spec = r.Spec(
+    shape=(4, 4, 3), num_scales=1, features=2, blocks=0, normalization="none", impl="xla"
+  )
+  flow, prep = r.RealNVP(spec), r.Preprocess(image=True, alpha=alpha)
+  bound = r.Bound(flow, prep)
+  tx = __import__("optax").adam(1e-3)
+  state = fast_jit(functools.partial(r.init, flow=flow, tx=tx))(jax.random.key(0))
+  pixels = np.random.default_rng(1).integers(0, 256, size=(n, 4, 4, 3))
+  x = jnp.asarray(pixels / 127.5 - 1.0, jnp.float32)
+  bits = 1 / (d * np.log(2))
+
+  _, metrics = fast_jit(functools.partial(r.train_step, flow=flow, prep=prep, l2=0.0))(
+    state, x[None]
+  )
+  want = np.mean(_identity_flow_pixel_nll(pixels, jax.random.fold_in(state.step_key(), 0), alpha))
+  np.testing.assert_allclose(metrics["nll"], want, rtol=2e-6)
+  np.testing.assert_allclose(metrics["bits_per_dim"], want * bits, rtol=2e-6)
+  np.testing.assert_allclose(metrics["loss"], want * bits, rtol=2e-6)
+
+  rng, chunk = jax.random.key(5), 4
+  out = r.evaluate(
+    state,
+    rng,
+    np.asarray(x),
+    log_prob_fn=fast_jit(bound.log_prob),
+    chunk=chunk,
+    num_dims=d,
+    image=True,
+  )
+  want = np.concatenate(
+    [
+      _identity_flow_pixel_nll(pixels[i : i + chunk], jax.random.fold_in(rng, i), alpha)
+      for i in range(0, n, chunk)
+    ]
+  )
+  np.testing.assert_allclose(out["nll"], np.mean(want), rtol=2e-6)
+  np.testing.assert_allclose(out["bits_per_dim"], np.mean(want) * bits, rtol=2e-6)
+
+  log_p = el.log_likelihoods(bound, state, np.asarray(x), draws=2, batch_size=4, seed=7)
+  key = jax.random.key(7)
+  per_draw = [
+    np.concatenate(
+      [
+        _identity_flow_pixel_nll(
+          pixels[s : s + 4], jax.random.fold_in(jax.random.fold_in(key, k), i), alpha
+        )
+        for i, s in enumerate(range(0, n, 4))
+      ]
+    )
+    for k in range(2)
+  ]
+  want = np.mean(per_draw, axis=0)
+  np.testing.assert_allclose(-log_p, want, rtol=2e-6)
+  results = el.summary(log_p, d)
+  np.testing.assert_allclose(results["nll_nats"], np.mean(want), rtol=2e-6)
+  np.testing.assert_allclose(results["bits_per_dim"], np.mean(want) * bits, rtol=2e-6)
 
 
 def test_logit_transform_round_trip_and_log_det(x64):

@@ -445,6 +445,89 @@ def test_bfloat16_step_is_close_to_the_float32_step(f32_step):
   assert same.mean() > 0.9, same.mean()
 
 
+def test_smoke_step_has_the_reference_grouping_and_is_device_count_invariant(f32_step):
+  """The fixture's step (the paper config's ``bn_groups = 2``, batch sharded over 8 devices)
+  against the same step on one device: the generator's batch-norm running averages (made from
+  its 2 × 4 critic fakes and 2 × 8 generator samples, before any parameter it depends on moves)
+  agree to round-off, and so do the step's losses. Were the groups per device (one example
+  each), the statistics would differ entirely."""
+  family, _, new8, m8, _ = f32_step
+  assert family.train_step.keywords["bn_groups"] == 2
+  _, _, new1, m1 = _one_step(_smoke_config())
+  chex.assert_trees_all_close(
+    jax.device_get(new8.model_state), new1.model_state, rtol=1e-4, atol=1e-5
+  )
+  for name in ("wasserstein", "gradient_penalty", "classifier_loss", "generator_loss"):
+    assert m8[name] == pytest.approx(m1[name], rel=1e-3, abs=1e-5), name
+
+
+@pytest.fixture(scope="module")
+def small_generator():
+  gen = wgan_gp.ResNetGenerator(8, 3, num_classes=10, conv_impl="xla")
+  z = jax.random.normal(jax.random.key(0), (8, 16))
+  labels = jnp.arange(8) % 10
+  variables = jax.jit(gen.init, static_argnames="train", compiler_options=FAST_COMPILE)(
+    jax.random.key(1), z[:1], labels[:1], train=False
+  )
+  stats = jax.tree.map(lambda v: v + 0.3, variables["batch_stats"])  # Not the initial 0 and 1.
+  return gen, variables["params"], {"batch_stats": stats}, z, labels
+
+
+def test_grouped_batch_norm_is_each_group_generated_alone(small_generator):
+  """``bn_groups = 2``: the first half of the batch is generated exactly as that half alone in
+  training mode, likewise the second, and the running averages are the mean of the two halves'
+  updates (μ·r + (1 − μ)·mean of the halves' statistics)."""
+  gen, params, model_state, z, labels = small_generator
+  run = jax.jit(
+    functools.partial(wgan_gp._generate, gen, train=True, groups=2),
+    compiler_options=FAST_COMPILE,
+  )
+  out, stats = run(params, model_state, z, labels=labels)
+  alone = jax.jit(
+    lambda p, s, z, y: gen.apply({"params": p, **s}, z, y, train=True, mutable=["batch_stats"]),
+    compiler_options=FAST_COMPILE,
+  )
+  halves = [alone(params, model_state, z[i : i + 4], labels[i : i + 4]) for i in (0, 4)]
+  np.testing.assert_allclose(out, np.concatenate([h[0] for h in halves]), rtol=1e-4, atol=1e-5)
+  mean = jax.tree.map(lambda a, b: (a + b) / 2, halves[0][1], halves[1][1])
+  chex.assert_trees_all_close(stats, mean, rtol=1e-5, atol=1e-6)
+  whole, _ = wgan_gp._generate(gen, params, model_state, z, True, labels)
+  assert not np.allclose(out, whole, atol=1e-3)  # The grouping changes the statistics.
+
+
+def test_samples_with_batch_statistics_in_chunks(small_generator):
+  """``bn_chunk = 4``: 5 samples are the first 5 of ⌈5/4⌉·4 = 8, each group of 4 generated in
+  training mode with its own statistics (``z`` and the classes drawn for all 8); a request of 3
+  gives the first 3 of a request of 4 (every sample comes from a group of exactly 4); the
+  running averages are not used."""
+  gen, params, model_state, _, _ = small_generator
+  from gen_models.train_state import TrainState
+
+  state = TrainState.create(
+    params={"generator": params},
+    tx={"generator": __import__("optax").sgd(0.0)},
+    rng=jax.random.key(0),
+    model_state={"generator": model_state},
+  )
+  draw = jax.jit(
+    functools.partial(wgan_gp.sample, generator=gen, latent_dim=16, num_classes=10, bn_chunk=4),
+    static_argnums=2,
+    compiler_options=FAST_COMPILE,
+  )
+  rng = jax.random.key(2)
+  x = draw(state, rng, 5)
+  z = jax.random.normal(rng, (8, 16))
+  y = jax.random.randint(jax.random.fold_in(rng, 1), (8,), 0, 10)
+  alone = lambda z, y: gen.apply(
+    {"params": params, **model_state}, z, y, train=True, mutable=["batch_stats"]
+  )
+  want = np.concatenate([alone(z[:4], y[:4])[0], alone(z[4:], y[4:])[0]])[:5]
+  np.testing.assert_allclose(x, want, rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(draw(state, rng, 3), draw(state, rng, 4)[:3])
+  other = {"batch_stats": jax.tree.map(lambda v: v + 1.0, model_state["batch_stats"])}
+  np.testing.assert_array_equal(draw(state.replace(model_state={"generator": other}), rng, 5), x)
+
+
 # ----------------------------------------------------------------------------------------------
 # EMA through the trainer: determinism, resume and 1 vs 8 devices (toy nets, EMA on).
 
@@ -528,6 +611,8 @@ def test_final_evaluation_uses_final_num_samples(final_num, want):
     ({}, (28, 28, 1), "32×32×C"),
     ({"gan.ema_decay": 1.0}, (32, 32, 3), "ema_decay"),
     ({"gan.generator_batch_size": -1}, (32, 32, 3), "generator_batch_size"),
+    ({"gan.bn_groups": 3}, (32, 32, 3), "gan.bn_groups=3 must divide the batch sizes"),
+    ({"gan.sample_bn_chunk": -1}, (32, 32, 3), "gan.sample_bn_chunk >= 0"),
   ],
 )
 def test_bad_settings_are_one_line_user_errors(overrides, shape, fragment):

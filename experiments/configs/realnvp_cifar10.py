@@ -1,10 +1,26 @@
-"""RealNVP on CIFAR-10 32×32 with the paper's settings (Dinh et al. 2017, §4.1; docs/FLOWS.md).
+"""RealNVP on CIFAR-10 32×32 as its authors ran it (Dinh et al. 2017, §4.1; docs/FLOWS.md).
 
 Multi-scale flow with 2 scales ("downscale only once"), ResNet s/t nets of 8 blocks of 64
-features, batch norm after each coupling, Adam(1e-3), batch 64, L2 5e-5 on the weights, the
-logit transform with α = 0.05 and uniform dequantisation; loss and logs in bits/dim. The paper
-reports 3.49 bits/dim on the test set. Needs the prepared TFDS dataset
-(``--config.dataset.data_dir=DIR``). ``:smoke`` is tiny (mock data in tests).
+features, Adam(1e-3), batch 64, the logit transform with α = 0.05 and uniform dequantisation;
+loss and logs in bits/dim. The paper reports 3.49 bits/dim on the test set.
+
+Where the paper leaves it open, the values are the reference code's (tensorflow/models
+``research/real_nvp/real_nvp_multiscale_dataset.py`` and ``real_nvp_utils.py``, read for the
+facts): weight-normed s/t convs with batch norm inside, 1×1 skip convs and a 1×1 output conv;
+the s/t input ``[relu(2·bn(b⊙x)), relu(−2·bn(b⊙x)), b]``; ``y = (x + t)·exp(s)``; batch norm of
+the transformed half only, no scale/offset (``transformed_batchnorm``); widths doubled per scale
+and in the channel couplings (the code's ``dim · 2^scale``, ``2·dim``; the paper says only "64
+feature maps"); the code's squeeze layout and factor-out (channel-major squeeze; the pixels
+(0,1), (1,0) of each 2×2 patch factored out); L2 5e-5 on the weight-norm scales and the
+checkerboard couplings' tanh scales (the code's ``magnitude`` and ``rescaling_scale``, not every
+weight); gradients clipped to a global norm of 100 (``tf.clip_by_global_norm``). Horizontal
+flips of the training images (the paper, §4.1; the code flips CelebA and LSUN, it has no
+CIFAR-10 pipeline). What still differs is listed in docs/FLOWS.md.
+
+Steps: neither the paper nor the code gives a number of training steps (the code's
+``--train_steps`` has no meaningful default); 500,000 (MNIST 100,000) is our choice, without a
+source. Needs the prepared TFDS dataset (``--config.dataset.data_dir=DIR``). ``:smoke`` is tiny
+(mock data in tests).
 """
 
 from experiments.configs.common import parse_arg
@@ -16,15 +32,26 @@ def get_config(arg: str | None = None, dataset: str = "cifar10"):
   c = realnvp.default_config()
   c.dataset.name = dataset
   c.batch_size = 64
-  c.flow.normalization = "batchnorm"
   c.flow.num_scales = 2
   c.flow.resnet_blocks = 8
   c.flow.resnet_features = 64
   c.flow.alpha = 0.05
   c.flow.l2 = 5e-5
+  c.flow.l2_params = "scales"
+  c.flow.normalization = "transformed_batchnorm"
+  c.flow.weight_norm = True
+  c.flow.st_batch_norm = True
+  c.flow.skip_convs = True
+  c.flow.st_out_kernel = 1
+  c.flow.st_input = "concat_relu"
+  c.flow.shift_first = True
+  c.flow.double_features = True
+  c.flow.squeeze_layout = "reference"
+  c.optimizer.clip_global_norm = 100.0
+  c.dataset.random_flip = dataset == "cifar10"
   c.flow.num_eval_points = 10_000  # The whole test set.
   c.optimizer.learning_rate = 1e-3
-  c.num_train_steps = 500_000
+  c.num_train_steps = 500_000  # No source (module docstring).
   c.log_every_steps = 100
   c.eval_every_steps = 10_000
   c.sample_every_steps = 5000

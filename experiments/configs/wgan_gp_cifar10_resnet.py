@@ -3,7 +3,9 @@
 The settings of ``gan_cifar_resnet.py`` (github.com/igul222/improved_wgan_training): both nets
 128 channels wide, z ~ N(0, I₁₂₈), λ = 10, n_critic = 5, Adam(2e-4, β1 = 0, β2 = 0.9) for both
 nets with the learning rate decayed linearly to 0 over 100k generator steps, critic batch 64,
-generator batch 128, dequantised real images. The paper's Inception Scores: 7.86 ± .07
+generator batch 128, dequantised real images, the generator's batch-norm statistics over halves
+of each batch (the reference's two GPUs) and samples made with batch statistics in groups of
+100 (the reference's generator is always in training mode). The paper's Inception Scores: 7.86 ± .07
 (unsupervised, this config) and 8.42 ± .10 (``:conditional``, AC-GAN with class-conditional
 batch norm; needs the dataset's labels). No EMA (``--config.gan.ema_decay=0.999`` turns it on).
 
@@ -32,6 +34,11 @@ def get_config(arg: str | None = None):
   c.gan.dequantize = True
   c.gan.unroll_critic = True  # Rolled, convolutions in the loop are far slower on XLA:CPU.
   c.gan.ema_decay = 0.0
+  # The reference ran every batch as two halves on two GPUs: its generator's batch norm saw 32 of
+  # the critic's 64 fakes and 64 of the generator update's 128; and that batch norm is always in
+  # training mode, also for the Inception-score samples, drawn in batches of 100.
+  c.gan.bn_groups = 2
+  c.gan.sample_bn_chunk = 100
   c.optimizer.learning_rate = 2e-4
   c.optimizer.b1 = 0.0
   c.optimizer.b2 = 0.9
@@ -60,6 +67,7 @@ def get_config(arg: str | None = None):
     c.gan.n_critic = 2
     c.gan.unroll_critic = False  # One loop body to compile: the smoke test's time is compiling.
     c.gan.generator_batch_size = 16
+    c.gan.sample_bn_chunk = 8  # Two groups of the 16-image grid.
     c.optimizer.decay_steps = 3
     c.num_train_steps = 3
     c.log_every_steps = 1

@@ -30,10 +30,18 @@ def has_table(dataset) -> bool:
   return all(hasattr(dataset, a) for a in ("table", "decode", "rows_for_seed"))
 
 
-def gather(table: dict[str, jax.Array], indices: jax.Array, decode: Callable) -> jax.Array:
-  """The batches of ``indices (N, k, B)`` from ``table`` (leaves ``(num_examples, …)``), decoded
-  to model space by ``decode`` (leafwise rows → the dataset's batch form)."""
-  return decode({k: jnp.take(v, indices, axis=0) for k, v in table.items()})
+def gather(table: dict[str, jax.Array], data, decode: Callable):
+  """The batches of ``data`` from ``table`` (leaves ``(num_examples, …)``), decoded to model space
+  by ``decode`` (leafwise rows → the dataset's batch form). ``data`` is the indices ``(N, k, B)``,
+  or ``{"index": those, "flip": (N, k, B) bool}`` for a dataset with ``random_flip``: the images
+  where ``flip`` is set are mirrored left-right, as the dataset's own ``batch`` mirrors them."""
+  index = data["index"] if isinstance(data, dict) else data
+  out = decode({k: jnp.take(v, index, axis=0) for k, v in table.items()})
+  if isinstance(data, dict):
+    flip = data["flip"][..., None, None, None]
+    mirror = lambda x: jnp.where(flip, x[..., ::-1, :], x)  # (..., H, W, C): W reversed.
+    out = {**out, "image": mirror(out["image"])} if isinstance(out, dict) else mirror(out)
+  return out
 
 
 class MemberSteps:
@@ -68,7 +76,15 @@ class MemberSteps:
     k, t = self.batches_per_step, self.step
     self.step += 1
     if self.on_device:  # Every member's indices in one vectorised shuffle.
-      return order.ProcessBatches.stacked(self._rows, range(t * k, t * k + k)).astype(np.int32)
+      index = order.ProcessBatches.stacked(self._rows, range(t * k, t * k + k)).astype(np.int32)
+      if not getattr(self.dataset, "random_flip", False):
+        return index
+      b = index.shape[-1]
+      flips = [
+        [order.flips(r.seed, r.local(t * k + j) * b + np.arange(b)) for j in range(k)]
+        for r in self._rows
+      ]
+      return {"index": index, "flip": np.asarray(flips)}
     by_seed = {}
     for s, it in self._iters.items():
       it.step = t

@@ -137,14 +137,40 @@ class ProcessBatches:
     self.local_batch_size = global_batch_size // self.num_processes
 
   def __call__(self, index: int) -> np.ndarray:
-    local = index * self.num_processes + self.process
-    return batch_indices(self.num_examples, self.local_batch_size, self.seed, local)
+    return batch_indices(self.num_examples, self.local_batch_size, self.seed, self.local(index))
+
+  def local(self, index: int) -> int:
+    """The local batch number ``i·P + p`` of global batch ``index`` (its flat positions are
+    ``[local·B/P, (local + 1)·B/P)``)."""
+    return index * self.num_processes + self.process
 
   @staticmethod
   def stacked(rows: Sequence[ProcessBatches], indices: Sequence[int]) -> np.ndarray:
     """``rows[n](indices[j])`` for every ``n`` and ``j``: ``(N, len(indices), B/P)`` int64, all
     in one vectorised shuffle; ``rows`` differ only in their seed."""
     first = rows[0]
-    local = [i * first.num_processes + first.process for i in indices]
+    local = [first.local(i) for i in indices]
     seeds = [r.seed for r in rows]
     return many_batch_indices(first.num_examples, first.local_batch_size, seeds, local)
+
+
+_M64 = (1 << 64) - 1
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+  """SplitMix64's finaliser (Steele et al. 2014) on uint64 values, wrapping mod 2⁶⁴."""
+  x = (x + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(_M64)
+  x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+  x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  return x ^ (x >> np.uint64(31))
+
+
+def flips(seed: int, positions: np.ndarray) -> np.ndarray:
+  """Whether the example at each flat stream position ``t`` is flipped horizontally: the top bit
+  of ``splitmix64(splitmix64(seed) + t)`` (``(N,)`` bool). A pure function of the seed and the
+  position — the same on every process count and on resume — and independent of which example
+  the shuffle put there."""
+  with np.errstate(over="ignore"):
+    key = _splitmix64(np.asarray([check_seed(seed)], np.uint64))
+    h = _splitmix64(key + np.asarray(positions, np.uint64))
+  return (h >> np.uint64(63)).astype(bool)

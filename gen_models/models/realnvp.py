@@ -40,7 +40,15 @@ after each. *Images* (§3.6, multi-scale) — per scale: 3 checkerboard coupling
 couplings, then half the channels are factored out (they go to ``z``); at the last scale 4
 checkerboard couplings. ``num_scales`` scales need H and W divisible by ``2^(num_scales − 1)``.
 The s/t nets of images are ResNets (``gen_models.nn.ResNet``: ``resnet_blocks`` blocks of
-``resnet_features``; the paper adds batch norm and weight norm inside them, we do not).
+``resnet_features``).
+
+Reference options (:class:`Coupling`; off by default, on in the paper configs; docs/FLOWS.md has
+the table): the s/t ResNet with weight norm, batch norm, 1×1 skips and a 1×1 output conv; its
+input ``[relu(h), relu(−h), b]``; ``y = (x + t) ⊙ exp(s)``; instead of a normalisation layer,
+batch norm of the transformed half inside the coupling (``transformed_batchnorm``: no scale or
+offset, statistics of ``y ⊙ (1 − b)``, ``log|det| = −½ Σ_transformed log(v_c + ε)``); widths
+doubled per scale and in channel couplings; the reference's squeeze layout and factor-out
+(:func:`reorder`); L2 on the scales; gradients clipped to a global norm.
 
 Images: pixels ``x ∈ {0..255}^D`` are dequantised, ``u = (x + ε)/256``, ``ε ~ U[0, 1)^D`` (a seeded
 draw in evaluation), then mapped with the logit transform of the authors' code::
@@ -56,7 +64,8 @@ Loss and logs of image flows are in **bits per dimension**::
 
     bits/dim = (−log p(u) + D ln 256) / (D ln 2)
 
-plus ``l2 · Σ w²`` over the weights (kernels) of the s/t nets (paper: 5e-5). Points use the mean
+plus ``l2 · Σ w²`` over the weights (kernels) of the s/t nets, or over the scales
+(``flow.l2_params``; the reference code's, 5e-5). Points use the mean
 negative log-likelihood in nats per example, ``−E_b log p(x_b)``, as their loss.
 
 ``sample(z)`` runs the inverse on ``z ~ N(0, T² I)`` (temperature ``T``), in evaluation mode.
@@ -85,7 +94,8 @@ from gen_models.models import Family
 from gen_models.nn import MLP, ResNet, check_impl
 from gen_models.train_state import TrainState, apply_gradients
 
-NORMALIZATIONS = ("batchnorm", "actnorm", "none")
+NORMALIZATIONS = ("batchnorm", "actnorm", "none", "transformed_batchnorm")
+L2_PARAMS = ("kernels", "scales")
 LN2, LN256 = math.log(2.0), math.log(256.0)
 
 
@@ -95,7 +105,8 @@ SWEEPABLE = ("flow.l2", "optimizer.learning_rate")
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Every key of a RealNVP run; the defaults are the paper's CIFAR-10 settings."""
+  """Every key of a RealNVP run: the paper's CIFAR-10 sizes and optimiser, with the reference
+  code's options off (``realnvp_cifar10.py`` sets them)."""
   c = base_config()
   c.model = "realnvp"
   c.batch_size = 64
@@ -111,7 +122,19 @@ def default_config() -> ml_collections.ConfigDict:
   c.flow.mlp_width = 128
   c.flow.mlp_depth = 2
   c.flow.alpha = 0.05  # Logit transform (module docstring).
-  c.flow.l2 = 5e-5  # Weight decay on the s/t net kernels.
+  c.flow.l2 = 5e-5  # Weight decay, on flow.l2_params.
+  # The reference code's options (module docstring); off here, so that a workdir written before
+  # they existed means what it meant. experiments/configs/realnvp_cifar10.py turns them on.
+  c.flow.l2_params = "kernels"  # One of L2_PARAMS: the s/t kernels, or the scales (reference).
+  c.flow.weight_norm = False  # Weight-normed convs in the s/t ResNets.
+  c.flow.st_batch_norm = False  # Batch norm in the s/t ResNets (and of their input).
+  c.flow.skip_convs = False  # 1×1 skip convs from every block to the s/t output.
+  c.flow.st_out_kernel = 3  # Size of the s/t nets' output conv (reference: 1).
+  c.flow.st_input = "masked"  # One of ST_INPUTS; "concat_relu": [relu(x'), relu(−x'), mask].
+  c.flow.shift_first = False  # y = (x + t)·exp(s) instead of x·exp(s) + t.
+  c.flow.double_features = False  # s/t widths doubled per scale and in channel couplings.
+  # One of SQUEEZE_LAYOUTS; "reference": channel-major squeeze, checkerboard factor-out.
+  c.flow.squeeze_layout = "position_major"
   c.flow.crop = 0  # Images: pixels cropped from each border before the flow (MNIST: 2).
   c.flow.temperature = 1.0  # Of the sample PNGs.
   c.flow.num_eval_points = 10_000  # Held-out examples of each evaluation.
@@ -120,6 +143,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.999
   c.optimizer.eps = 1e-8
+  c.optimizer.clip_global_norm = 0.0  # > 0: gradients clipped to this global norm (reference 100).
   # > 0: the learning rate decays to 0 over this many steps (cosine); 0: constant. Its own key,
   # not num_train_steps, which a resumed run may change.
   c.optimizer.cosine_decay_steps = 0
@@ -192,11 +216,39 @@ class ActNorm(nn.Module):
     return x * jnp.exp(log_scale) + bias, logdet
 
 
+ST_INPUTS = ("masked", "concat_relu")
+
+
+@dataclasses.dataclass(frozen=True)
+class Coupling:
+  """How the image couplings are built; the defaults are ours, each field an option of the
+  reference code (tensorflow/models ``research/real_nvp``; module docstring, "Reference options").
+
+  ``weight_norm``, ``batch_norm``, ``skip``, ``out_kernel``: of the s/t ResNet
+  (:class:`gen_models.nn.ResNet`). ``input``: ``"masked"`` (the net sees ``[b ⊙ x, b]``) or
+  ``"concat_relu"`` (``[relu(h), relu(−h), b]`` with ``h = 2·bn(b ⊙ x)``, ``bn`` an offset-only
+  batch norm, when ``batch_norm``, else ``h = b ⊙ x``; channel couplings: ``h = bn(x_kept)``, no
+  ``b``). ``shift_first``: ``y = (x + t) ⊙ exp(s)`` instead of ``x ⊙ exp(s) + t``. ``out_norm``:
+  batch norm of the transformed half inside the coupling (statistics ``momentum``,
+  ``epsilon``)."""
+
+  weight_norm: bool = False
+  batch_norm: bool = False
+  skip: bool = False
+  out_kernel: int = 3
+  input: str = "masked"
+  shift_first: bool = False
+  out_norm: bool = False
+  momentum: float = 0.9
+  epsilon: float = 1e-4
+
+
 class AffineCoupling(nn.Module):
   """An affine coupling (module docstring) with mask ``kind`` ∈ {vector, checkerboard, channel}.
 
-  The s/t net is an MLP (``hidden``) for vectors, a ResNet (``features``, ``blocks``) for
-  images; its zero-initialised last layer makes the coupling start as the identity.
+  The s/t net is an MLP (``hidden``) for vectors, a ResNet (``features``, ``blocks``,
+  ``options``) for images; its zero-initialised last layer makes the coupling start as the
+  identity (with ``options.out_norm``: the identity followed by the batch norm).
   """
 
   kind: str
@@ -205,39 +257,110 @@ class AffineCoupling(nn.Module):
   features: int = 64
   blocks: int = 8
   impl: str = "auto"
+  options: Coupling = Coupling()
 
   def _net(self, out: int) -> nn.Module:
     if self.kind == "vector":
       return MLP(tuple(self.hidden), out, zero_last=True, name="net")
-    return ResNet(self.features, self.blocks, out, zero_last=True, impl=self.impl, name="net")
+    o = self.options
+    return ResNet(
+      self.features,
+      self.blocks,
+      out,
+      zero_last=True,
+      impl=self.impl,
+      weight_norm=o.weight_norm,
+      batch_norm=o.batch_norm,
+      skip=o.skip,
+      out_kernel=o.out_kernel,
+      name="net",
+    )
 
-  def _s_t(self, cond: jax.Array, out: int) -> tuple[jax.Array, jax.Array]:
-    h = self._net(2 * out)(cond)
+  def _s_t(self, cond: jax.Array, out: int, train: bool) -> tuple[jax.Array, jax.Array]:
+    h = self._net(2 * out)(cond, train)
     scale = self.param("scale", nn.initializers.ones_init(), (out,))
     return scale * jnp.tanh(h[..., :out]), h[..., out:]
 
+  def _cond(self, kept: jax.Array, b: jax.Array | None, train: bool) -> jax.Array:
+    """The s/t net's input from the kept values (zeros elsewhere) and the mask channel ``b``."""
+    o = self.options
+    if self.kind == "vector" or o.input == "masked":
+      return kept if b is None else jnp.concatenate([kept, b], axis=-1)
+    h = kept
+    if o.batch_norm:
+      bn = nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-4,
+        use_scale=False,
+        name="input_norm",
+      )
+      h = bn(h) * (1.0 if b is None else 2.0)
+    return jnp.concatenate([nn.relu(h), nn.relu(-h)] + ([] if b is None else [b]), axis=-1)
+
+  def _out_norm(self, y: jax.Array, mask, inverse: bool, train: bool):
+    """Batch norm of the transformed positions (``mask`` False; None: all) without scale or
+    offset: ``y ← (y − m_c)/√(v_c + ε)``, ``log|det| = −½ Σ_transformed log(v_c + ε)``. In training
+    ``m, v`` are the mean and biased variance over the batch and pixels of ``y`` with the kept
+    positions set to 0 (the reference's statistics of ``y ⊙ (1 − b)``); else, and always in the
+    inverse, the running averages in ``batch_stats`` (``mean``, ``var``)."""
+    o, c = self.options, y.shape[-1]
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,))
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (c,))
+    if train and not inverse:
+      axes = tuple(range(y.ndim - 1))
+      yt = y if mask is None else jnp.where(mask, 0.0, y)
+      mean = jnp.mean(yt, axes)
+      var = jnp.mean(jnp.square(yt - mean), axes)
+      if not self.is_initializing():
+        mu = o.momentum
+        ra_mean.value = mu * ra_mean.value + (1 - mu) * jax.lax.stop_gradient(mean)
+        ra_var.value = mu * ra_var.value + (1 - mu) * jax.lax.stop_gradient(var)
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    log_sd = 0.5 * jnp.log(var + o.epsilon)
+    ld = jnp.broadcast_to(-log_sd, y.shape)
+    out = y * jnp.exp(log_sd) + mean if inverse else (y - mean) * jnp.exp(-log_sd)
+    if mask is not None:
+      ld, out = jnp.where(mask, 0.0, ld), jnp.where(mask, y, out)
+    ld = jnp.sum(ld.reshape(y.shape[0], -1), axis=1)
+    return out, -ld if inverse else ld
+
+  def _affine(self, x: jax.Array, s: jax.Array, t: jax.Array, inverse: bool) -> jax.Array:
+    if self.options.shift_first:
+      return x * jnp.exp(-s) - t if inverse else (x + t) * jnp.exp(s)
+    return (x - t) * jnp.exp(-s) if inverse else x * jnp.exp(s) + t
+
   @nn.compact
   def __call__(self, x: jax.Array, inverse: bool = False, train: bool = False):
-    del train
+    out_norm = self.options.out_norm and self.kind != "vector"
     if self.kind == "channel":
       c = x.shape[-1] // 2
       kept, moved = (x[..., :c], x[..., c:]) if self.parity == 0 else (x[..., c:], x[..., :c])
-      s, t = self._s_t(kept, moved.shape[-1])
-      moved = (moved - t) * jnp.exp(-s) if inverse else moved * jnp.exp(s) + t
+      s, t = self._s_t(self._cond(kept, None, train), moved.shape[-1], train)
+      norm_ld = 0.0
+      if out_norm and inverse:
+        moved, norm_ld = self._out_norm(moved, None, True, False)
+      moved = self._affine(moved, s, t, inverse)
+      if out_norm and not inverse:
+        moved, norm_ld = self._out_norm(moved, None, False, train)
       logdet = jnp.sum(s.reshape(s.shape[0], -1), axis=1)
       y = jnp.concatenate([kept, moved] if self.parity == 0 else [moved, kept], axis=-1)
-      return y, -logdet if inverse else logdet
+      return y, (-logdet if inverse else logdet) + norm_ld
     mask = self.mask(x.shape[1:], self.kind, self.parity)
-    cond = jnp.where(mask, x, 0.0)
+    b = None
     if self.kind == "checkerboard":
       b = jnp.broadcast_to(mask[..., :1].astype(x.dtype), (*x.shape[:-1], 1))
-      cond = jnp.concatenate([cond, b], axis=-1)
-    s, t = self._s_t(cond, x.shape[-1])
+    s, t = self._s_t(self._cond(jnp.where(mask, x, 0.0), b, train), x.shape[-1], train)
     s = jnp.where(mask, 0.0, s)
-    moved = (x - t) * jnp.exp(-s) if inverse else x * jnp.exp(s) + t
-    y = jnp.where(mask, x, moved)
+    h, norm_ld = x, 0.0
+    if out_norm and inverse:
+      h, norm_ld = self._out_norm(x, mask, True, False)
+    y = jnp.where(mask, x, self._affine(h, s, t, inverse))
+    if out_norm and not inverse:
+      y, norm_ld = self._out_norm(y, mask, False, train)
     logdet = jnp.sum(s.reshape(s.shape[0], -1), axis=1)
-    return y, -logdet if inverse else logdet
+    return y, (-logdet if inverse else logdet) + norm_ld
 
   @staticmethod
   def mask(shape: tuple[int, ...], kind: str, parity: int) -> jax.Array:
@@ -248,20 +371,46 @@ class AffineCoupling(nn.Module):
     return ((h + w) % 2 == parity)[:, :, None] & jnp.ones((1, 1, shape[2]), bool)
 
 
-def squeeze(x: jax.Array) -> jax.Array:
+SQUEEZE_LAYOUTS = ("position_major", "reference")
+# The reference's ordered squeeze: its channel blocks k = 0..3 hold the patch positions
+# p = 2i + j in this order, (0,0), (1,1), (0,1), (1,0); _ORDER_INV[p] is the block of p.
+_ORDER, _ORDER_INV = (0, 3, 1, 2), (0, 2, 3, 1)
+
+
+def squeeze(x: jax.Array, layout: str = "position_major") -> jax.Array:
   """``(B, H, W, C)`` → ``(B, H/2, W/2, 4C)``; channel ``(2i + j)·C + c`` is pixel ``(i, j)`` of
-  each 2×2 patch."""
+  each 2×2 patch (``"position_major"``), or ``c·4 + 2i + j`` (``"reference"``: the reference
+  code's ``squeeze_2x2``, channel-major)."""
   b, h, w, c = x.shape
-  x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+  x = x.reshape(b, h // 2, 2, w // 2, 2, c)
+  x = x.transpose(0, 1, 3, 5, 2, 4) if layout == "reference" else x.transpose(0, 1, 3, 2, 4, 5)
   return x.reshape(b, h // 2, w // 2, 4 * c)
 
 
-def unsqueeze(x: jax.Array) -> jax.Array:
+def unsqueeze(x: jax.Array, layout: str = "position_major") -> jax.Array:
   """The inverse of :func:`squeeze`: ``(B, H, W, 4C)`` → ``(B, 2H, 2W, C)``."""
   b, h, w, c4 = x.shape
   c = c4 // 4
-  x = x.reshape(b, h, w, 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+  if layout == "reference":
+    x = x.reshape(b, h, w, c, 2, 2).transpose(0, 1, 4, 2, 5, 3)
+  else:
+    x = x.reshape(b, h, w, 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
   return x.reshape(b, 2 * h, 2 * w, c)
+
+
+def reorder(x: jax.Array, inverse: bool = False) -> jax.Array:
+  """The reference's layout change before a factor-out (a permutation of channels): from the
+  channel-major squeeze's ``c·4 + p`` to its ordered squeeze's ``k·C + c``, where block ``k`` holds
+  the patch position ``p = (0, 3, 1, 2)[k]`` (what its ``unsqueeze_2x2`` then
+  ``squeeze_2x2_ordered`` compute); ``inverse`` goes back. The first half, positions (0,0) and
+  (1,1) of every patch, goes on to the next scale; the second, (0,1) and (1,0), is factored out."""
+  *lead, c4 = x.shape
+  c = c4 // 4
+  if inverse:
+    x = jnp.swapaxes(x.reshape(*lead, 4, c), -1, -2)[..., jnp.array(_ORDER_INV)]
+    return x.reshape(*lead, c4)
+  x = x.reshape(*lead, c, 4)[..., jnp.array(_ORDER)]
+  return jnp.swapaxes(x, -1, -2).reshape(*lead, c4)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,7 +420,11 @@ def unsqueeze(x: jax.Array) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class Spec:
   """What the flow is built for: ``shape`` of one flow input (after cropping), ``num_scales``,
-  ``num_couplings`` (points), s/t net sizes and the normalisation layer."""
+  ``num_couplings`` (points), s/t net sizes, the normalisation layer and how image couplings are
+  built (``coupling``). ``double_features``: the s/t nets of scale ``k`` have ``features · 2^k``
+  channels, those of its channel couplings twice that (the reference code's widths).
+  ``squeeze_layout``: :func:`squeeze`'s channel order, and with ``"reference"`` the factor-out of
+  the reference code (:func:`reorder`)."""
 
   shape: tuple[int, ...]
   normalization: str = "batchnorm"
@@ -283,6 +436,9 @@ class Spec:
   features: int = 64
   blocks: int = 8
   impl: str = "auto"
+  coupling: Coupling = Coupling()
+  double_features: bool = False
+  squeeze_layout: str = "position_major"
 
   @property
   def is_image(self) -> bool:
@@ -296,7 +452,7 @@ def layer_names(spec: Spec) -> list[tuple[str, str, int]]:
 
   def coupling(name, kind, parity):
     out.append((name, kind, parity))
-    if spec.normalization != "none":
+    if spec.normalization not in ("none", "transformed_batchnorm"):
       out.append((f"{name}_norm", "norm", 0))
 
   if not spec.is_image:
@@ -328,8 +484,19 @@ class RealNVP(nn.Module):
       if spec.normalization == "actnorm":
         return ActNorm(name=flat)
       return BatchNorm(spec.bn_momentum, spec.bn_epsilon, name=flat)
+    features = spec.features
+    if spec.double_features and kind != "vector":
+      features *= 2 ** int(name.split("/")[0].removeprefix("scale")) * (
+        2 if kind == "channel" else 1
+      )
+    options = dataclasses.replace(
+      spec.coupling,
+      out_norm=spec.normalization == "transformed_batchnorm",
+      momentum=spec.bn_momentum,
+      epsilon=spec.bn_epsilon,
+    )
     return AffineCoupling(
-      kind, parity, spec.hidden, spec.features, spec.blocks, spec.impl, name=flat
+      kind, parity, spec.hidden, features, spec.blocks, spec.impl, options, name=flat
     )
 
   def latent_shapes(self) -> list[tuple[int, ...]]:
@@ -347,6 +514,7 @@ class RealNVP(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, inverse: bool = False, train: bool = False):
     layers = layer_names(self.spec)
+    layout = self.spec.squeeze_layout
     pieces = self.latent_shapes()
     b = x.shape[0]
     per_layer = {}
@@ -354,7 +522,11 @@ class RealNVP(nn.Module):
       zs = []
       for name, kind, parity in layers:
         if kind == "squeeze":
-          x = squeeze(x)
+          x = squeeze(x, layout)
+        elif kind == "factor" and layout == "reference":
+          x, c = reorder(x), x.shape[-1] // 2
+          zs.append(x[..., c:].reshape(b, -1))
+          x = x[..., :c]
         elif kind == "factor":
           c = x.shape[-1] // 2
           zs.append(x[..., :c].reshape(b, -1))
@@ -370,7 +542,9 @@ class RealNVP(nn.Module):
     h, factored = parts[-1], parts[:-1]
     for name, kind, parity in reversed(layers):
       if kind == "squeeze":
-        h = unsqueeze(h)
+        h = unsqueeze(h, layout)
+      elif kind == "factor" and layout == "reference":
+        h = reorder(jnp.concatenate([h, factored.pop()], axis=-1), inverse=True)
       elif kind == "factor":
         h = jnp.concatenate([factored.pop(), h], axis=-1)
       else:
@@ -446,9 +620,22 @@ def log_prob(
   return standard_normal_log_prob(z) + ld + pre_ld, new_vars.get("batch_stats"), per_layer
 
 
-def bits_per_dim(log_p_u: jax.Array, num_dims: int) -> jax.Array:
+def pixel_nll(log_p_u, num_dims: int):
+  """``−log p(u) + D ln 256``: the negative log-density (nats) of the dequantised pixels on
+  ``[0, 256)^D`` for ``log p(u)`` on ``[0, 1)^D`` (any shape; linear, so it maps a mean to the
+  mean). The one place of the ``D ln 256`` term: training metrics, ``evaluate`` and
+  ``experiments.evaluate_likelihood`` all go through it."""
+  return -log_p_u + num_dims * LN256
+
+
+def to_bits_per_dim(nll, num_dims: int):
+  """Nats per example → bits per dimension: ``nll / (D ln 2)``."""
+  return nll / (num_dims * LN2)
+
+
+def bits_per_dim(log_p_u, num_dims: int):
   """``(−log p(u) + D ln 256) / (D ln 2)`` for ``log p(u)`` on ``[0, 1)^D``."""
-  return (-log_p_u + num_dims * LN256) / (num_dims * LN2)
+  return to_bits_per_dim(pixel_nll(log_p_u, num_dims), num_dims)
 
 
 def decode(h: jax.Array, prep: Preprocess) -> jax.Array:
@@ -468,14 +655,29 @@ def _variables(state: TrainState) -> dict:
   return {"params": state.params["flow"], **state.model_state["flow"]}
 
 
-def l2_penalty(params) -> jax.Array:
-  """``Σ w²`` over every kernel (weight matrix / conv filter) in ``params``."""
+def l2_penalty(params, on: str = "kernels") -> jax.Array:
+  """``Σ w²`` over ``params``: ``on="kernels"``, every kernel (weight matrix / conv filter);
+  ``"scales"``, the reference code's choice (its L2 on ``magnitude`` and ``rescaling_scale``):
+  the weight-norm scales ``g`` and the tanh scales of the checkerboard couplings."""
   flat = traverse_util.flatten_dict(params)
-  return sum(jnp.sum(jnp.square(v)) for k, v in flat.items() if k[-1] == "kernel")
+
+  def chosen(k):
+    if on == "kernels":
+      return k[-1] == "kernel"
+    return k[-1] == "g" or (k[-1] == "scale" and "checkerboard" in k[0])
+
+  return sum(jnp.sum(jnp.square(v)) for k, v in flat.items() if chosen(k))
 
 
 # ----------------------------------------------------------------------------------------------
 # Pure train step, sampling, evaluation.
+
+
+def clip_by_global_norm(grads, max_norm: float):
+  """``(g · c / max(‖g‖, c), ‖g‖)`` with ``‖g‖ = √(Σ_leaves Σ g²)`` the global norm over every
+  leaf (TensorFlow's ``clip_by_global_norm``, the reference's clipping at ``c = 100``)."""
+  norm = optax.global_norm(grads)
+  return jax.tree.map(lambda g: g * (max_norm / jnp.maximum(norm, max_norm)), grads), norm
 
 
 def train_step(
@@ -485,6 +687,8 @@ def train_step(
   flow: RealNVP,
   prep: Preprocess,
   l2: float,
+  l2_params: str = "kernels",
+  clip_global_norm: float = 0.0,
   learning_rate: float = 1.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One Adam update on the mean NLL (points, nats) or bits/dim (images), plus ``l2 · Σ w²``.
@@ -492,14 +696,17 @@ def train_step(
   Args:
     state: ``params["flow"]``; ``model_state["flow"]`` holds ``batch_stats`` (batch norm).
     batch: ``(1, B, *example_shape)`` float32.
-    l2: the weight decay; learning_rate: Adam's (peak) step size (``state.tx`` has a unit one).
-      Both are replaced by ``state.hparams``'s ``flow.l2`` and ``optimizer.learning_rate`` where
-      it has them (a population's members).
+    l2, l2_params: the weight decay and what it falls on (:func:`l2_penalty`).
+    clip_global_norm: > 0: the gradient is clipped to this global norm
+      (:func:`clip_by_global_norm`) before Adam.
+    learning_rate: Adam's (peak) step size (``state.tx`` has a unit one).
+    ``l2`` and ``learning_rate`` are replaced by ``state.hparams``'s ``flow.l2`` and
+    ``optimizer.learning_rate`` where it has them (a population's members).
 
   Returns:
     The new state and scalar metrics ``loss``, ``nll`` (nats per example; for images of the
-    pixels on ``[0, 256)^D``), ``log_det`` (batch mean of the flow's log|det|), and for images
-    ``bits_per_dim``.
+    pixels on ``[0, 256)^D``), ``log_det`` (batch mean of the flow's log|det|), for images
+    ``bits_per_dim``, and with clipping ``grad_norm`` (before clipping).
   """
   x = batch[0]
   key = jax.random.fold_in(state.step_key(), 0)
@@ -512,17 +719,17 @@ def train_step(
     log_p, stats, per_layer = log_prob(
       {"params": params, **model_state}, x, key, flow=flow, prep=prep, train=True
     )
-    nll = -jnp.mean(log_p)
-    if prep.image:
-      nll = nll + num_dims * LN256
-    objective = nll / (num_dims * LN2) if prep.image else nll
-    loss = objective + l2 * l2_penalty(params)
+    nll = pixel_nll(jnp.mean(log_p), num_dims) if prep.image else -jnp.mean(log_p)
+    objective = to_bits_per_dim(nll, num_dims) if prep.image else nll
+    loss = objective + l2 * l2_penalty(params, l2_params)
     log_det = jnp.mean(sum(per_layer.values()))
     return loss, (nll, log_det, stats)
 
   (loss, (nll, log_det, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
     state.params["flow"]
   )
+  if clip_global_norm > 0:
+    grads, grad_norm = clip_by_global_norm(grads, clip_global_norm)
   params, opt_state = apply_gradients(
     state.tx["flow"], state.params["flow"], state.opt_state["flow"], grads, learning_rate
   )
@@ -535,7 +742,9 @@ def train_step(
   )
   metrics = {"loss": loss, "nll": nll, "log_det": log_det}
   if prep.image:
-    metrics["bits_per_dim"] = nll / (num_dims * LN2)
+    metrics["bits_per_dim"] = to_bits_per_dim(nll, num_dims)
+  if clip_global_norm > 0:
+    metrics["grad_norm"] = grad_norm
   return new_state, metrics
 
 
@@ -594,8 +803,8 @@ def evaluate(
   ).astype(np.float64)
   out = {}
   if image:
-    out["nll"] = float(-np.mean(log_p) + num_dims * LN256)
-    out["bits_per_dim"] = out["nll"] / (num_dims * LN2)
+    out["nll"] = float(pixel_nll(np.mean(log_p), num_dims))
+    out["bits_per_dim"] = to_bits_per_dim(out["nll"], num_dims)
   else:
     out["nll"] = float(-np.mean(log_p))
   if true_log_density is not None:
@@ -673,7 +882,21 @@ def bind(config: ml_collections.ConfigDict, example_shape: tuple[int, ...]) -> B
     raise UserError(
       f"unknown flow.normalization {f.normalization!r}; known: {', '.join(NORMALIZATIONS)}"
     )
+  for key, value, known in (
+    ("flow.st_input", f.st_input, ST_INPUTS),
+    ("flow.l2_params", f.l2_params, L2_PARAMS),
+    ("flow.squeeze_layout", f.squeeze_layout, SQUEEZE_LAYOUTS),
+  ):
+    if value not in known:
+      raise UserError(f"unknown {key} {value!r}; known: {', '.join(known)}")
   checks = [
+    ("flow.st_out_kernel", f.st_out_kernel, f.st_out_kernel in (1, 3), "1 or 3"),
+    (
+      "optimizer.clip_global_norm",
+      config.optimizer.clip_global_norm,
+      config.optimizer.clip_global_norm >= 0,
+      ">= 0",
+    ),
     ("flow.alpha", f.alpha, 0 <= f.alpha < 0.5, "in [0, 0.5)"),
     ("flow.num_scales", f.num_scales, f.num_scales >= 1, ">= 1"),
     ("flow.num_couplings", f.num_couplings, f.num_couplings >= 1, ">= 1"),
@@ -700,6 +923,16 @@ def bind(config: ml_collections.ConfigDict, example_shape: tuple[int, ...]) -> B
     features=int(f.resnet_features),
     blocks=int(f.resnet_blocks),
     impl=check_impl(config.conv_impl),
+    coupling=Coupling(
+      weight_norm=bool(f.weight_norm),
+      batch_norm=bool(f.st_batch_norm),
+      skip=bool(f.skip_convs),
+      out_kernel=int(f.st_out_kernel),
+      input=f.st_input,
+      shift_first=bool(f.shift_first),
+    ),
+    double_features=bool(f.double_features),
+    squeeze_layout=f.squeeze_layout,
   )
   prep = Preprocess(image=image, alpha=float(f.alpha), crop=int(f.crop) if image else 0)
   return Bound(RealNVP(spec), prep)
@@ -725,7 +958,13 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
   return Family(
     init=functools.partial(init, flow=flow, tx=tx),
     train_step=functools.partial(
-      train_step, flow=flow, prep=prep, l2=float(f.l2), learning_rate=float(opt.learning_rate)
+      train_step,
+      flow=flow,
+      prep=prep,
+      l2=float(f.l2),
+      l2_params=f.l2_params,
+      clip_global_norm=float(opt.clip_global_norm),
+      learning_rate=float(opt.learning_rate),
     ),
     sample=functools.partial(sample, flow=flow, prep=prep, temperature=float(f.temperature)),
     evaluate=functools.partial(

@@ -42,7 +42,10 @@ Optional, as modern GAN codebases do: real images *dequantised* as in that file
 Adam's learning rate decayed linearly to 0 (``optimizer.decay_steps``), an exponential moving
 average of the generator's parameters used for samples and evaluation (``gan.ema_decay``), and
 bfloat16 computation in the ResNet nets (``gan.compute_dtype``; parameters, optimizer states,
-losses and the penalty's norm stay float32).
+losses and the penalty's norm stay float32). As the reference code ran: the generator's
+batch-norm statistics over equal groups of each batch (``gan.bn_groups``; its two GPUs each
+generated half), and samples made with batch statistics in groups of ``gan.sample_bn_chunk``
+(its generator's batch norm is never in evaluation mode).
 
 One compiled train step runs ``n_critic`` critic updates inside ``lax.scan`` (one real batch
 each), then one generator update.
@@ -104,6 +107,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.gan.dequantize = False  # Real images k/127.5 − 1 → (k + u)/128 − 1, u ~ U[0, 1).
   c.gan.ema_decay = 0.0  # EMA of the generator's parameters for samples and eval; 0: off.
   c.gan.compute_dtype = "float32"  # Of the resnet nets: "float32" or "bfloat16".
+  # The generator's batch-norm statistics over this many equal groups of each batch (the
+  # reference's two GPUs: 2); a function of the global batch, not of the device count.
+  c.gan.bn_groups = 1
+  # Samples (PNGs, metrics, experiments.sample): 0, batch norm with running averages; k > 0,
+  # with the statistics of groups of k samples, as the reference (100).
+  c.gan.sample_bn_chunk = 0
   # Unroll the n_critic loop (lax.scan unroll=n_critic): same numbers, longer compile. XLA:CPU
   # runs convolutions inside a loop body far more slowly (jax-ml/jax#12868): the cifar10 step
   # took 12× longer as a rolled scan (experiments/bench_train.py, docs/BENCHMARKS.md).
@@ -296,12 +305,24 @@ def interpolate(real: jax.Array, fake: jax.Array, key: jax.Array) -> jax.Array:
 # Pure train step, sampling and evaluation.
 
 
-def _generate(generator, params, model_state, z, train: bool, labels=None):
+def _generate(generator, params, model_state, z, train: bool, labels=None, groups: int = 1):
   """``G(z)`` (``G(z, labels)`` for a conditional generator) and the updated mutable collections
-  (unchanged when ``train`` is False)."""
+  (unchanged when ``train`` is False).
+
+  ``groups`` > 1 (with ``train``): the batch is split into that many equal consecutive groups,
+  each generated with the batch-norm statistics of its own group (the reference ran each half of
+  a batch on its own GPU), by ``vmap`` over the groups; the running averages move towards the
+  mean of the groups' statistics (the mean of the groups' updates). A function of the global
+  batch, so the same on any device count."""
   variables = {"params": params, **model_state}
   args = (z,) if labels is None else (z, labels)
   if train and model_state:
+    if groups > 1:
+      grouped = [a.reshape(groups, a.shape[0] // groups, *a.shape[1:]) for a in args]
+      apply = lambda *a: generator.apply(variables, *a, train=True, mutable=list(model_state))
+      out, updates = jax.vmap(apply)(*grouped)
+      updates = jax.tree.map(lambda u: jnp.mean(u, axis=0), dict(updates))
+      return out.reshape(-1, *out.shape[2:]), updates
     out, updates = generator.apply(variables, *args, train=True, mutable=list(model_state))
     return out, dict(updates)
   return generator.apply(variables, *args, train=train), model_state
@@ -332,6 +353,7 @@ def train_step(
   ema_decay: float = 0.0,
   learning_rate: float = 1.0,
   critic_learning_rate: float | None = None,
+  bn_groups: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """``n_critic`` critic updates (``lax.scan``), then one generator update.
 
@@ -353,6 +375,9 @@ def train_step(
     ``gp_weight`` and ``learning_rate`` are replaced by ``state.hparams``'s ``gan.gp_weight`` and
     ``optimizer.learning_rate`` where it has them (a population's members); a swept
     learning rate sets the critic's too unless ``critic_learning_rate`` is given.
+    bn_groups: the generator's batch-norm statistics over this many equal groups of each batch
+      it generates (:func:`_generate`; the reference's 2: 32 of the critic's 64 fakes, 64 of
+      the generator update's 128).
 
   Returns:
     The new state and scalar metrics (critic metrics averaged over the ``n_critic`` updates).
@@ -380,7 +405,9 @@ def train_step(
     if dequantize_real:
       real = dequantize(real, jax.random.fold_in(k, 2))
     z = jax.random.normal(z_key, (batch_size, latent_dim))
-    fake, gen_state = _generate(generator, state.params["generator"], gen_state, z, True, y)
+    fake, gen_state = _generate(
+      generator, state.params["generator"], gen_state, z, True, y, bn_groups
+    )
     fake = jax.lax.stop_gradient(fake)
 
     def loss_fn(p):
@@ -421,7 +448,7 @@ def train_step(
     gen_labels = jax.random.randint(jax.random.fold_in(gen_key, 1), (gen_batch,), 0, num_classes)
 
   def gen_loss_fn(p):
-    fake, new_gen_state = _generate(generator, p, gen_state, z, True, gen_labels)
+    fake, new_gen_state = _generate(generator, p, gen_state, z, True, gen_labels, bn_groups)
     out = critic.apply({"params": critic_params}, fake)
     g_loss = generator_loss(out[..., 0], loss)
     aux = {}
@@ -461,20 +488,32 @@ def sample(
   latent_dim: int,
   num_classes: int = 0,
   use_ema: bool = False,
+  bn_chunk: int = 0,
 ) -> jax.Array:
-  """``num`` samples ``G(z)``, ``z ~ N(0, I)``, in eval mode → ``(num, *example_shape)``.
+  """``num`` samples ``G(z)``, ``z ~ N(0, I)`` → ``(num, *example_shape)``.
+
+  ``bn_chunk`` = 0: in eval mode (batch norm with its running averages). ``bn_chunk`` = k > 0:
+  with batch statistics, as the reference (its generator's batch norm is always in training
+  mode; its Inception-score samples come in batches of 100): ``⌈num/k⌉·k`` latents are drawn,
+  each group of ``k`` generated with its own statistics, and the first ``num`` returned — every
+  sample is made in a group of exactly ``k``, whatever ``num`` the caller asks for.
 
   A conditional generator gets uniform random classes (as the reference's Inception-score
   samples); ``use_ema``: the moving average of the generator's parameters (with the batch-norm
-  running statistics of the trained generator).
+  running statistics of the trained generator when ``bn_chunk`` = 0).
   """
-  z = jax.random.normal(rng, (num, latent_dim))
+  total = -(-num // bn_chunk) * bn_chunk if bn_chunk else num
+  z = jax.random.normal(rng, (total, latent_dim))
   labels = None
   if num_classes:
-    labels = jax.random.randint(jax.random.fold_in(rng, 1), (num,), 0, num_classes)
+    labels = jax.random.randint(jax.random.fold_in(rng, 1), (total,), 0, num_classes)
   params = state.ema_params["generator"] if use_ema else state.params["generator"]
-  out, _ = _generate(generator, params, state.model_state["generator"], z, False, labels)
-  return out
+  model_state = state.model_state["generator"]
+  if bn_chunk and model_state:
+    out, _ = _generate(generator, params, model_state, z, True, labels, total // bn_chunk)
+    return out[:num]
+  out, _ = _generate(generator, params, model_state, z, False, labels)
+  return out[:num]
 
 
 def critic_values(state: TrainState, points: jax.Array, *, critic: nn.Module) -> jax.Array:
@@ -546,6 +585,17 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
       "need gan.generator_batch_size >= 0, optimizer.decay_steps >= 0 and 0 <= gan.ema_decay "
       f"< 1; got {gan.generator_batch_size}, {opt.decay_steps} and {gan.ema_decay}"
     )
+  if gan.bn_groups < 1 or gan.sample_bn_chunk < 0:
+    raise UserError(
+      f"need gan.bn_groups >= 1 and gan.sample_bn_chunk >= 0; got {gan.bn_groups} and "
+      f"{gan.sample_bn_chunk}"
+    )
+  gen_batch = gan.generator_batch_size or config.batch_size
+  if config.batch_size % gan.bn_groups or gen_batch % gan.bn_groups:
+    raise UserError(
+      f"gan.bn_groups={gan.bn_groups} must divide the batch sizes (critic {config.batch_size}, "
+      f"generator {gen_batch})"
+    )
   if gan.conditional:
     classes = data.num_classes(config)  # None without labels; raises for an unlabelled set.
     if classes is None:
@@ -574,6 +624,7 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
     latent_dim=gan.latent_dim,
     num_classes=num_classes,
     use_ema=ema,
+    bn_chunk=int(gan.sample_bn_chunk),
   )
   jitted_sample = jax.jit(sample_fn, static_argnums=2)
   num_eval = config.eval.num_samples if len(example_shape) == 1 else 0
@@ -606,6 +657,7 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
       critic_learning_rate=None
       if opt.critic_learning_rate is None
       else float(opt.critic_learning_rate),
+      bn_groups=int(gan.bn_groups),
     ),
     sample=sample_fn,
     evaluate=functools.partial(evaluate, sample_fn=jitted_sample, num_samples=num_eval),

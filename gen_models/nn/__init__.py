@@ -4,8 +4,8 @@
 convolutions on CPU (space-to-depth / depth-to-space); ``conv_impl`` config key.
 ``resnet``: pre-activation residual blocks (up / down / plain), the ResNet critic's first block,
 mean pooling, nearest-neighbour up-sampling and class-conditional batch norm (the WGAN-GP ResNet
-nets); a stride-1 conv ``ResNet`` (RealNVP's s/t nets). ``mlp``: a dense ReLU net whose last
-layer may start at zero.
+nets); a stride-1 conv ``ResNet`` (RealNVP's s/t nets). ``weight_norm``: a weight-normalised conv
+(``w = g·v/‖v‖``). ``mlp``: a dense ReLU net whose last layer may start at zero.
 """
 
 from gen_models.nn.conv import IMPLS, Conv, ConvTranspose, check_impl, resolve_impl
@@ -18,6 +18,7 @@ from gen_models.nn.resnet import (
   mean_pool,
   upsample_nearest,
 )
+from gen_models.nn.weight_norm import WeightNormConv, weight_norm_kernel
 
 __all__ = [
   "IMPLS",
@@ -32,4 +33,6 @@ __all__ = [
   "mean_pool",
   "resolve_impl",
   "upsample_nearest",
+  "weight_norm_kernel",
+  "WeightNormConv",
 ]

@@ -19,7 +19,8 @@ improved_wgan_training (pre-activation residual blocks, He et al. 2016). Every c
   ``(B, H, W, C_in)`` → 3×3 conv to ``features`` → ``blocks`` residual blocks
   ``h ← h + conv(relu(conv(relu(h))))`` (3×3, ``features``) → ReLU → 3×3 conv to ``out``:
   ``(B, H, W, out)``; parameters ``(9·C_in + 1)·F + blocks·2·(9·F + 1)·F + (9·F + 1)·out``;
-  flax's default initialisers (LeCun normal), the last conv optionally zero.
+  flax's default initialisers (LeCun normal), the last conv optionally zero. Options (weight
+  norm, batch norm, 1×1 skip convs, a 1×1 output conv) give RealNVP's reference net instead.
 
 The GAN blocks' initialisation is the reference's: kernels uniform with variance
 ``4 / (fan_in + fan_out)`` ("He") for the 3×3 convs of the residual branches,
@@ -40,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from gen_models.nn.conv import Conv
+from gen_models.nn.weight_norm import WeightNormConv
 
 HE_UNIFORM = nn.initializers.variance_scaling(2.0, "fan_avg", "uniform")
 GLOROT_UNIFORM = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
@@ -182,20 +184,60 @@ class OptimizedBlock(nn.Module):
 class ResNet(nn.Module):
   """The stride-1 ResNet of the module docstring (SAME padding: the spatial size is kept).
   ``zero_last``: the output conv starts at zero (output 0 at init); ``impl``: how the convs are
-  computed (``gen_models.nn.conv``, the same function)."""
+  computed (``gen_models.nn.conv``, the same function).
+
+  The options of RealNVP's reference code (tensorflow/models ``research/real_nvp``, ``resnet``),
+  each off by default (then the net is exactly the plain one above, same parameter names):
+
+  * ``weight_norm``: every conv is a :class:`gen_models.nn.weight_norm.WeightNormConv`; the
+    first conv and each block's first conv without the scale ``g`` (the reference's), the others
+    with it (``zero_last``: the output conv's ``g`` starts at 0).
+  * ``batch_norm``: batch norm without scale (offset only; ε = 1e-4, momentum 0.9, batch
+    statistics when ``train``, running averages otherwise) before each block's two ReLUs and
+    before the output ReLU; each block's first conv then has no bias. A block is then
+    ``h ← h + conv(relu(bn(conv(relu(bn(h))))))``.
+  * ``skip``: 1×1 convs (with bias) from the first conv's output and from every block's output,
+    summed; the sum, not the last block's output, goes to the output layer.
+  * ``out_kernel``: the output conv's size (the reference's 1; 3 by default).
+
+  ``(B, H, W, C_in)`` → ``(B, H, W, out)``.
+  """
 
   features: int
   blocks: int
   out: int
   zero_last: bool = False
   impl: str = "auto"
+  weight_norm: bool = False
+  batch_norm: bool = False
+  skip: bool = False
+  out_kernel: int = 3
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    conv = lambda f, **kw: Conv(f, (3, 3), padding="SAME", impl=self.impl, **kw)
-    h = conv(self.features)(x)
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    f = self.features
+
+    def conv(features, size=3, scale=True, bias=True, zero=False):
+      if self.weight_norm:
+        return WeightNormConv(features, (size, size), scale, bias, zero, impl=self.impl)
+      init = nn.initializers.zeros_init() if zero else nn.initializers.lecun_normal()
+      return Conv(
+        features, (size, size), padding="SAME", use_bias=bias, kernel_init=init, impl=self.impl
+      )
+
+    def norm(h):
+      if not self.batch_norm:
+        return h
+      bn = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-4, use_scale=False)
+      return bn(h)
+
+    h = conv(f, scale=False)(x)
+    skips = conv(f, 1)(h) if self.skip else None
     for _ in range(self.blocks):
-      r = conv(self.features)(nn.relu(h))
-      h = h + conv(self.features)(nn.relu(r))
-    init = nn.initializers.zeros_init() if self.zero_last else nn.initializers.lecun_normal()
-    return conv(self.out, kernel_init=init)(nn.relu(h))
+      r = conv(f, scale=False, bias=not self.batch_norm)(nn.relu(norm(h)))
+      h = h + conv(f)(nn.relu(norm(r)))
+      if self.skip:
+        skips = skips + conv(f, 1)(h)
+    if self.skip:
+      h = skips
+    return conv(self.out, self.out_kernel, zero=self.zero_last)(nn.relu(norm(h)))
