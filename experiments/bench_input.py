@@ -154,12 +154,7 @@ def run() -> dict:
     if data_dir is None and any(CONFIGS[n][2] for n in _CONFIGS.value):
       write_synthetic_cifar10(tmp, _EXAMPLES.value)
       data_dir, synthetic = tmp, _EXAMPLES.value
-    try:
-      sizes = [int(n) for n in _POPULATION.value]
-    except ValueError:
-      raise UserError(f"--population must be integers, got {_POPULATION.value}") from None
-    if any(n < 1 for n in sizes):
-      raise UserError(f"--population sizes must be >= 1, got {sizes}")
+    sizes = cli.positive_ints(_POPULATION.value, "population")
     rows = []
     for name in _CONFIGS.value:
       rows.append(measure(name, _STEPS.value, data_dir))

@@ -182,12 +182,7 @@ def run() -> dict:
   unknown = [c for c in _CONFIGS.value if c not in CONFIGS]
   if unknown:
     raise UserError(f"--configs: unknown {unknown}; known: {', '.join(CONFIGS)}")
-  try:
-    sizes = [int(n) for n in _POPULATION.value]
-  except ValueError:
-    raise UserError(f"--population must be integers, got {_POPULATION.value}") from None
-  if any(n < 1 for n in sizes):
-    raise UserError(f"--population sizes must be >= 1, got {sizes}")
+  sizes = cli.positive_ints(_POPULATION.value, "population")
   bad = [e for e in _EXECUTIONS.value if e not in population.EXECUTIONS]
   if bad:
     raise UserError(f"--executions: unknown {bad}; known: {', '.join(population.EXECUTIONS)}")

@@ -213,3 +213,14 @@ def member_row(member) -> dict:
     "seed": member.seed,
     "hparams": member.hparams,
   }
+
+
+def positive_ints(values: list[str], flag: str) -> list[int]:
+  """A list flag's values as integers >= 1; a one-line error otherwise."""
+  try:
+    out = [int(v) for v in values]
+  except ValueError:
+    raise UserError(f"--{flag} must be integers, got {values}") from None
+  if any(n < 1 for n in out):
+    raise UserError(f"--{flag} values must be >= 1, got {out}")
+  return out

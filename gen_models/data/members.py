@@ -44,11 +44,13 @@ def gather(table: dict[str, jax.Array], data, decode: Callable):
   return out
 
 
-class MemberSteps:
-  """Yields each train step's data for every member; its state is the next step number.
+class MemberSteps(StepIterator):
+  """Yields each train step's data for every member; its state is the next step number (saved
+  and restored as :class:`StepIterator`'s).
 
-  ``next()`` gives the host arrays the compiled step takes: indices ``(N, k, B_local)`` int32
-  when :attr:`on_device`, else the batches ``(N, k, B_local, …)`` (dict batches leafwise).
+  ``next()`` gives the host arrays the compiled step takes: when :attr:`on_device`, the indices
+  ``(N, k, B_local)`` int32 (with ``random_flip``, ``{"index": those, "flip": (N, k, B_local)
+  bool}``: :func:`gather`), else the batches ``(N, k, B_local, …)`` (dict batches leafwise).
 
   Args:
     dataset: the dataset of the run's own seed (``config.seed``).
@@ -58,8 +60,8 @@ class MemberSteps:
   """
 
   def __init__(self, dataset, seeds: Sequence[int], batches_per_step: int, on_device: bool):
-    self.dataset, self.seeds = dataset, [int(s) for s in seeds]
-    self.batches_per_step, self.step, self.on_device = batches_per_step, 0, on_device
+    super().__init__(dataset, batches_per_step)
+    self.seeds, self.on_device = [int(s) for s in seeds], on_device
     distinct = sorted(set(self.seeds))
     if on_device:
       if not has_table(dataset):
@@ -68,9 +70,6 @@ class MemberSteps:
       self._rows = [rows[s] for s in self.seeds]
     else:
       self._iters = {s: StepIterator(reseeded(dataset, s), batches_per_step) for s in distinct}
-
-  def __iter__(self):
-    return self
 
   def __next__(self):
     k, t = self.batches_per_step, self.step
@@ -91,14 +90,3 @@ class MemberSteps:
       by_seed[s] = next(it)
     batches = [by_seed[s] for s in self.seeds]
     return jax.tree.map(lambda *xs: np.stack(xs), *batches)
-
-  def get_state(self) -> dict:
-    return {"step": int(self.step), "dataset": self.dataset.name}
-
-  def set_state(self, state: dict) -> None:
-    if state.get("dataset") != self.dataset.name:
-      raise UserError(
-        f"checkpoint data state is for dataset {state.get('dataset')!r}, "
-        f"config says {self.dataset.name!r}"
-      )
-    self.step = int(state["step"])
