@@ -154,8 +154,15 @@ def results_main(run: Callable[[], dict], width: int, output: flags.FlagHolder |
 
 
 def print_results(results: dict, width: int) -> None:
-  """One ``key  value`` line per result, keys right-aligned to ``width``, floats to 6 digits."""
+  """One ``key  value`` line per result, keys right-aligned to ``width``, floats to 6 digits; a
+  population's ``members`` rows each under a ``member I (name)`` heading."""
   for key, value in results.items():
+    if key == "members" and isinstance(value, list):
+      for row in value:
+        print(f"member {row['member']} ({row['name']}):")
+        skip = ("member", "name", "seed", "hparams")
+        print_results({k: v for k, v in row.items() if k not in skip}, width)
+      continue
     shown = f"{value:.6g}" if isinstance(value, float) else f"{value}"
     print(f"{key:>{width}s}  {shown}")
 
