@@ -122,7 +122,7 @@ def create(config, global_batch_size: int) -> Dataset:
   images and the dSprites file from TFDS."""
   name = config.dataset.name
   labels = num_classes(config) is not None  # Raises if labels are asked of an unlabelled set.
-  if config.dataset.random_flip and name not in images.IMAGE_DATASETS:
+  if config.dataset.get("random_flip", False) and name not in images.IMAGE_DATASETS:
     raise UserError(f"dataset.random_flip needs an image dataset (mnist, cifar10), got {name!r}")
   if name in toy.DISTRIBUTIONS:
     return toy.ToyDataset(name, global_batch_size, seed=config.seed)
@@ -135,7 +135,7 @@ def create(config, global_batch_size: int) -> Dataset:
       split=config.dataset.split,
       eval_split=config.dataset.eval_split,
       labels=labels,
-      random_flip=config.dataset.random_flip,
+      random_flip=config.dataset.get("random_flip", False),
     )
   if name == "dsprites":
     return dsprites.DSprites(
