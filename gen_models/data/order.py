@@ -9,8 +9,10 @@ what grain's ``ShuffleMapDataset`` and ``RepeatMapDataset`` compute element by e
 their Python layers (~27 µs an element on this CPU); calling ``grain.experimental.index_shuffle``
 directly takes ~5 µs. :func:`index_shuffle` computes the same permutation for a whole array of
 positions at once in numpy (~0.5 µs an element: a batch of every member of a 36-member population
-in ~1 ms instead of ~60 ms). ``tests/test_data_order.py`` checks the equality with grain's
-datasets and with ``grain.experimental.index_shuffle`` element by element.
+in ~1 ms instead of ~60 ms); for sets much smaller than the cipher's 2¹⁶ block, whose cycle
+walking would loop thousands of times, it calls grain's function element by element.
+``tests/test_data_order.py`` checks the equality with grain's datasets and with
+``grain.experimental.index_shuffle`` element by element.
 
 The permutation (grain's ``index_shuffle.cc``, facts only): a Feistel network of the Simon round
 function ``F(x) = (x ⋘ 1 & x ⋘ 8) ⊕ (x ⋘ 2)`` on two words of ``w`` bits, block size
@@ -72,6 +74,17 @@ def index_shuffle(index: np.ndarray, max_index: int, seed, rounds: int = 4) -> n
     return np.zeros(index.shape, np.int64)
   bits = math.ceil(math.log2(max_index))
   w = max(bits + bits % 2, 16) // 2
+  if (1 << 2 * w) > 16 * (max_index + 1):
+    # A small set in the 2¹⁶ block: cycle walking takes ~2¹⁶/n rounds an element, a loop of
+    # numpy calls here; grain's C++ walks each element in microseconds.
+    from grain.experimental import index_shuffle as grain_index_shuffle
+
+    seeds = np.broadcast_to(np.asarray(seed, np.int64) & _M32, index.shape)
+    flat = [
+      grain_index_shuffle(int(i), max_index, int(s), rounds)
+      for i, s in zip(index.reshape(-1).tolist(), seeds.reshape(-1).tolist(), strict=True)
+    ]
+    return np.asarray(flat, np.int64).reshape(index.shape)
   mask, width = np.uint64((1 << w) - 1), np.uint64(w)
   seeds, where = np.unique(
     np.broadcast_to(np.asarray(seed, np.int64) & _M32, index.shape), return_inverse=True
