@@ -22,8 +22,10 @@ since (logistic regression: liblinear one-vs-rest then, lbfgs multinomial now).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -79,8 +81,54 @@ def sample_codes(
   check_ground_truth(data)
   if num_points < 1:
     raise UserError(f"num_points must be >= 1, got {num_points}")
-  factors = np.asarray(data.sample_factors(num_points, _rng(seed)), np.int64)
+  factors = _factors(data, num_points, _rng(seed))
   return encode_observations(encode, data, factors, max_batch), factors
+
+
+def _factors(data, n: int, rng: np.random.Generator) -> np.ndarray:
+  """``n`` random factor vectors ``(n, K)`` int64 (``data.sample_factors``)."""
+  return np.asarray(data.sample_factors(n, rng), np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every metric in two parts: its random draws (the factor classes whose observations are encoded,
+# and the rest), then its scores from the codes of those observations. The draws come first and
+# never depend on the codes, so all the observations of all the metrics can be encoded together
+# (each distinct one once, for many encoders: gen_models.metrics.disentanglement_runner); the
+# scoring is a list of independent jobs (the classifier fits) and a ``combine``.
+
+
+@dataclasses.dataclass(frozen=True)
+class Draws:
+  """A metric's random draws.
+
+  Attributes:
+    metric: its name in :data:`METRICS`.
+    factors: name → factor classes ``(n, K)`` int64 whose observations are encoded.
+    extra: what else it drew or needs (labels, a classifier's seed, sizes).
+  """
+
+  metric: str
+  factors: dict[str, np.ndarray]
+  extra: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Scoring:
+  """A metric's scores from codes: ``jobs``, independent thread-safe callables (the classifier
+  fits), and ``combine(their results, in order) -> scores``."""
+
+  jobs: list[Callable[[], Any]]
+  combine: Callable[[list], dict[str, float]]
+
+  def run(self) -> dict[str, float]:
+    """The scores, computing the jobs one after another."""
+    return self.combine([job() for job in self.jobs])
+
+
+def encode_draws(encode: Encode, data, draws: Draws, max_batch: int) -> dict[str, np.ndarray]:
+  """Codes ``(n, d)`` float64 of each of ``draws.factors``, by :func:`encode_observations`."""
+  return {k: encode_observations(encode, data, f, max_batch) for k, f in draws.factors.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,13 +237,27 @@ def mig(codes: np.ndarray, factors: np.ndarray, num_bins: int = 20) -> float:
   return float(np.mean(gaps))
 
 
+def draw_mig(data, rng: np.random.Generator, num_train: int = 10_000) -> Draws:
+  """MIG's draws: ``num_train`` independent random factor vectors."""
+  if num_train < 1:
+    raise UserError(f"num_points must be >= 1, got {num_train}")
+  return Draws("mig", {"train": _factors(data, num_train, rng)}, {})
+
+
+def score_mig(draws: Draws, codes: dict[str, np.ndarray], num_bins: int = 20) -> Scoring:
+  """``{"mig": ...}`` of the codes of :func:`draw_mig`'s draws (one job)."""
+  x, y = codes["train"], draws.factors["train"]
+  return Scoring([lambda: mig(x, y, num_bins)], lambda r: {"mig": r[0]})
+
+
 def mig_score(
   encode: Encode, data, seed, num_train: int = 10_000, num_bins: int = 20, max_batch: int = 1024
 ) -> dict[str, float]:
   """``{"mig": ...}``: :func:`mig` of the codes of ``num_train`` random observations (the
   disentanglement_lib protocol: 10,000 points, 20 bins)."""
-  codes, factors = sample_codes(encode, data, num_train, seed, max_batch)
-  return {"mig": mig(codes, factors, num_bins)}
+  check_ground_truth(data)
+  draws = draw_mig(data, _rng(seed), num_train)
+  return score_mig(draws, encode_draws(encode, data, draws, max_batch), num_bins).run()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,27 +285,54 @@ def _logistic_regression(seed: int):
   )
 
 
-def _beta_vae_points(encode, data, rng, batch_size: int, num_points: int, max_batch: int):
-  """``(features (n, d), labels (n,))``: for each point a factor ``k`` uniform, ``batch_size``
-  pairs of factor vectors sharing factor ``k``, feature = mean over the pairs of ``|z₁ − z₂|``."""
-  k = rng.integers(0, data.num_factors, size=num_points)
-  first = data.sample_factors(num_points * batch_size, rng).reshape(num_points, batch_size, -1)
-  second = data.sample_factors(num_points * batch_size, rng).reshape(num_points, batch_size, -1)
-  rows = np.arange(num_points)
-  second[rows, :, k] = first[rows, :, k]
-  features = []
-  per_call = max(1, max_batch // (2 * batch_size))  # Points whose pairs go through one call.
-  for start in range(0, num_points, per_call):
-    stop = min(start + per_call, num_points)
-    both = np.concatenate([first[start:stop], second[start:stop]]).reshape(-1, first.shape[-1])
-    codes = encode_observations(encode, data, both, max(max_batch, 2 * batch_size))
-    z = codes.reshape(2, stop - start, batch_size, -1)
-    features.append(np.mean(np.abs(z[0] - z[1]), axis=1))
-  return np.concatenate(features), k
-
-
 def _accuracy(model, x, y) -> float:
   return float(np.mean(model.predict(x) == y))
+
+
+def draw_beta_vae(
+  data,
+  rng: np.random.Generator,
+  batch_size: int = 64,
+  num_train: int = 10_000,
+  num_eval: int = 5_000,
+) -> Draws:
+  """The β-VAE metric's draws: the classifier's seed, then for the training and the evaluation
+  points each point's factor ``k`` (uniform) and its ``batch_size`` pairs of factor vectors
+  sharing factor ``k``: ``factors["<split>_first"]``, ``["<split>_second"]``, ``(n·b, K)``, pair
+  ``i`` of point ``p`` at row ``p·b + i``; the labels ``extra["<split>_labels"] (n,)``."""
+  factors, extra = {}, {"batch_size": batch_size, "model_seed": int(rng.integers(2**31 - 1))}
+  for split, n in (("train", num_train), ("eval", num_eval)):
+    k = rng.integers(0, data.num_factors, size=n)
+    first = _factors(data, n * batch_size, rng).reshape(n, batch_size, -1)
+    second = _factors(data, n * batch_size, rng).reshape(n, batch_size, -1)
+    second[np.arange(n), :, k] = first[np.arange(n), :, k]
+    factors[f"{split}_first"] = first.reshape(n * batch_size, -1)
+    factors[f"{split}_second"] = second.reshape(n * batch_size, -1)
+    extra[f"{split}_labels"] = k
+    if split == "train" and len(np.unique(k)) < 2:
+      raise UserError(f"num_train={num_train} points drew a single factor; use more points")
+  return Draws("beta_vae", factors, extra)
+
+
+def _pair_features(first: np.ndarray, second: np.ndarray, batch_size: int) -> np.ndarray:
+  """Features ``(n, d)``: per point, the mean over its pairs of ``|z₁ − z₂|`` (codes
+  ``(n·b, d)``)."""
+  return np.mean(np.abs(first - second).reshape(-1, batch_size, first.shape[1]), axis=1)
+
+
+def score_beta_vae(draws: Draws, codes: dict[str, np.ndarray]) -> Scoring:
+  """``{"train_accuracy", "eval_accuracy"}`` from the codes of :func:`draw_beta_vae`'s draws
+  (one job: the logistic regression)."""
+  b, seed = draws.extra["batch_size"], draws.extra["model_seed"]
+  x_train = _pair_features(codes["train_first"], codes["train_second"], b)
+  x_eval = _pair_features(codes["eval_first"], codes["eval_second"], b)
+  y_train, y_eval = draws.extra["train_labels"], draws.extra["eval_labels"]
+
+  def fit() -> tuple[float, float]:
+    model = _logistic_regression(seed).fit(x_train, y_train)
+    return _accuracy(model, x_train, y_train), _accuracy(model, x_eval, y_eval)
+
+  return Scoring([fit], lambda r: {"train_accuracy": r[0][0], "eval_accuracy": r[0][1]})
 
 
 def beta_vae_score(
@@ -267,38 +356,75 @@ def beta_vae_score(
     ``{"train_accuracy", "eval_accuracy"}``; chance is ``1 / num_factors``.
   """
   check_ground_truth(data)
-  rng = _rng(seed)
-  model_seed = int(rng.integers(2**31 - 1))
-  x_train, y_train = _beta_vae_points(encode, data, rng, batch_size, num_train, max_batch)
-  if len(np.unique(y_train)) < 2:
-    raise UserError(f"num_train={num_train} points drew a single factor; use more points")
-  model = _logistic_regression(model_seed).fit(x_train, y_train)
-  x_eval, y_eval = _beta_vae_points(encode, data, rng, batch_size, num_eval, max_batch)
-  return {
-    "train_accuracy": _accuracy(model, x_train, y_train),
-    "eval_accuracy": _accuracy(model, x_eval, y_eval),
-  }
+  draws = draw_beta_vae(data, _rng(seed), batch_size, num_train, num_eval)
+  return score_beta_vae(draws, encode_draws(encode, data, draws, max_batch)).run()
 
 
 # ---------------------------------------------------------------------------------------------
 # FactorVAE metric.
 
 
-def _factor_vae_votes(encode, data, rng, batch_size, num_points, scale, active, max_batch):
-  """Votes ``(K, d)``: for each point a factor ``k`` uniform and fixed to one class over a batch
-  of ``batch_size``; the vote goes to the active code dimension with the least variance over the
-  batch (ddof = 1) divided by its global variance."""
-  k = rng.integers(0, data.num_factors, size=num_points)
-  factors = data.sample_factors(num_points * batch_size, rng).reshape(num_points, batch_size, -1)
-  rows = np.arange(num_points)
-  factors[rows, :, k] = factors[rows, :1, k]
-  codes = encode_observations(encode, data, factors.reshape(-1, factors.shape[-1]), max_batch)
-  local = np.var(codes.reshape(num_points, batch_size, -1), axis=1, ddof=1)
+def draw_factor_vae(
+  data,
+  rng: np.random.Generator,
+  batch_size: int = 64,
+  num_train: int = 10_000,
+  num_eval: int = 5_000,
+  num_variance_estimate: int = 10_000,
+) -> Draws:
+  """The FactorVAE metric's draws: ``factors["variance"] (num_variance_estimate, K)`` for the
+  global variances; for the training and the evaluation points each point's factor ``k``
+  (uniform, ``extra["<split>_labels"] (n,)``) fixed to one class over its batch of
+  ``batch_size``: ``factors["<split>"] (n·b, K)``, the batch of point ``p`` at rows ``p·b …``."""
+  if num_variance_estimate < 2 or batch_size < 2:
+    raise UserError("factor_vae_score needs num_variance_estimate >= 2 and batch_size >= 2")
+  factors = {"variance": _factors(data, num_variance_estimate, rng)}
+  extra = {"batch_size": batch_size}
+  for split, n in (("train", num_train), ("eval", num_eval)):
+    k = rng.integers(0, data.num_factors, size=n)
+    batch = _factors(data, n * batch_size, rng).reshape(n, batch_size, -1)
+    batch[np.arange(n), :, k] = batch[np.arange(n), :1, k]
+    factors[split] = batch.reshape(n * batch_size, -1)
+    extra[f"{split}_labels"] = k
+  extra["num_factors"] = data.num_factors
+  return Draws("factor_vae", factors, extra)
+
+
+def _factor_vae_votes(codes, labels, batch_size, num_factors, scale, active) -> np.ndarray:
+  """Votes ``(K, d)``: per point (``codes (n·b, d)``, ``labels (n,)``), the active code dimension
+  with the least variance over its batch (ddof = 1) divided by its global variance ``scale``."""
+  local = np.var(codes.reshape(len(labels), batch_size, -1), axis=1, ddof=1)
   dims = np.flatnonzero(active)
   argmin = dims[np.argmin(local[:, dims] / scale[dims], axis=1)]
-  votes = np.zeros((data.num_factors, codes.shape[1]), np.int64)
-  np.add.at(votes, (k, argmin), 1)
+  votes = np.zeros((num_factors, codes.shape[1]), np.int64)
+  np.add.at(votes, (labels, argmin), 1)
   return votes
+
+
+def score_factor_vae(
+  draws: Draws, codes: dict[str, np.ndarray], prune_threshold: float = 0.05
+) -> Scoring:
+  """``{"train_accuracy", "eval_accuracy", "num_active_dims"}`` from the codes of
+  :func:`draw_factor_vae`'s draws (one job)."""
+  e = draws.extra
+
+  def votes_and_accuracy() -> dict[str, float]:
+    variance = np.var(codes["variance"], axis=0, ddof=1)
+    active = np.sqrt(variance) >= prune_threshold
+    if not active.any():
+      return {"train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0}
+    common = (e["batch_size"], e["num_factors"], variance, active)
+    train = _factor_vae_votes(codes["train"], e["train_labels"], *common)
+    classifier = np.argmax(train, axis=0)  # (d,): the factor each dimension stands for.
+    cols = np.arange(train.shape[1])
+    evaluation = _factor_vae_votes(codes["eval"], e["eval_labels"], *common)
+    return {
+      "train_accuracy": float(train[classifier, cols].sum() / train.sum()),
+      "eval_accuracy": float(evaluation[classifier, cols].sum() / evaluation.sum()),
+      "num_active_dims": int(active.sum()),
+    }
+
+  return Scoring([votes_and_accuracy], lambda r: r[0])
 
 
 def factor_vae_score(
@@ -328,24 +454,9 @@ def factor_vae_score(
     pruned; chance is ``1 / num_factors``.
   """
   check_ground_truth(data)
-  if num_variance_estimate < 2 or batch_size < 2:
-    raise UserError("factor_vae_score needs num_variance_estimate >= 2 and batch_size >= 2")
-  rng = _rng(seed)
-  codes, _ = sample_codes(encode, data, num_variance_estimate, rng, max_batch)
-  variance = np.var(codes, axis=0, ddof=1)
-  active = np.sqrt(variance) >= prune_threshold
-  if not active.any():
-    return {"train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0}
-  args = (variance, active, max_batch)
-  train = _factor_vae_votes(encode, data, rng, batch_size, num_train, *args)
-  classifier = np.argmax(train, axis=0)  # (d,): the factor each dimension stands for.
-  cols = np.arange(train.shape[1])
-  evaluation = _factor_vae_votes(encode, data, rng, batch_size, num_eval, *args)
-  return {
-    "train_accuracy": float(train[classifier, cols].sum() / train.sum()),
-    "eval_accuracy": float(evaluation[classifier, cols].sum() / evaluation.sum()),
-    "num_active_dims": int(active.sum()),
-  }
+  draws = draw_factor_vae(data, _rng(seed), batch_size, num_train, num_eval, num_variance_estimate)
+  codes = encode_draws(encode, data, draws, max_batch)
+  return score_factor_vae(draws, codes, prune_threshold).run()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,6 +511,39 @@ def dci_from_importance(importance: np.ndarray) -> tuple[float, float]:
   return float(disentanglement), float(completeness)
 
 
+def _dci_scoring(codes_train, factors_train, codes_test, factors_test, seed: int) -> Scoring:
+  """DCI's checks, one job per factor (its classifier: importance column, train and test
+  accuracy) and the combine (see :func:`dci`)."""
+  x, y = _check_pair(codes_train, factors_train, "dci train")
+  x_test, y_test = _test_pair(codes_test, factors_test, "dci")
+  if x_test.ndim != 2 or x_test.shape[1] != x.shape[1] or y_test.shape != (len(x_test), y.shape[1]):
+    raise UserError(
+      f"dci test codes/factors must be (M, {x.shape[1]}) and (M, {y.shape[1]}), got "
+      f"{x_test.shape} and {y_test.shape}"
+    )
+  if y.shape[1] < 2 or x.shape[1] < 2:
+    raise UserError(
+      f"dci needs at least 2 factors and 2 code dimensions, got {y.shape[1]}, {x.shape[1]}"
+    )
+
+  def fit(k: int) -> tuple[np.ndarray, float, float]:
+    model = _gradient_boosting(seed).fit(x, y[:, k])
+    importance = np.abs(model.feature_importances_)
+    return importance, _accuracy(model, x, y[:, k]), _accuracy(model, x_test, y_test[:, k])
+
+  def combine(results: list) -> dict[str, float]:
+    importance = np.stack([r[0] for r in results], axis=1)  # (d, K)
+    disentanglement, completeness = dci_from_importance(importance)
+    return {
+      "disentanglement": disentanglement,
+      "completeness": completeness,
+      "informativeness_train": float(np.mean([r[1] for r in results])),
+      "informativeness_test": float(np.mean([r[2] for r in results])),
+    }
+
+  return Scoring([lambda k=k: fit(k) for k in range(y.shape[1])], combine)
+
+
 def dci(
   codes_train: np.ndarray,
   factors_train: np.ndarray,
@@ -423,31 +567,26 @@ def dci(
   Returns:
     ``{"disentanglement", "completeness", "informativeness_train", "informativeness_test"}``.
   """
-  x, y = _check_pair(codes_train, factors_train, "dci train")
-  x_test, y_test = _test_pair(codes_test, factors_test, "dci")
-  if x_test.ndim != 2 or x_test.shape[1] != x.shape[1] or y_test.shape != (len(x_test), y.shape[1]):
-    raise UserError(
-      f"dci test codes/factors must be (M, {x.shape[1]}) and (M, {y.shape[1]}), got "
-      f"{x_test.shape} and {y_test.shape}"
-    )
-  if y.shape[1] < 2 or x.shape[1] < 2:
-    raise UserError(
-      f"dci needs at least 2 factors and 2 code dimensions, got {y.shape[1]}, {x.shape[1]}"
-    )
-  importance = np.zeros((x.shape[1], y.shape[1]))
-  train_acc, test_acc = [], []
-  for k in range(y.shape[1]):
-    model = _gradient_boosting(seed).fit(x, y[:, k])
-    importance[:, k] = np.abs(model.feature_importances_)
-    train_acc.append(_accuracy(model, x, y[:, k]))
-    test_acc.append(_accuracy(model, x_test, y_test[:, k]))
-  disentanglement, completeness = dci_from_importance(importance)
-  return {
-    "disentanglement": disentanglement,
-    "completeness": completeness,
-    "informativeness_train": float(np.mean(train_acc)),
-    "informativeness_test": float(np.mean(test_acc)),
-  }
+  return _dci_scoring(codes_train, factors_train, codes_test, factors_test, seed).run()
+
+
+def _draw_train_test(metric: str, data, rng, num_train: int, num_test: int) -> Draws:
+  """``num_train`` and ``num_test`` random factor vectors, then a classifier seed."""
+  if num_train < 1 or num_test < 1:
+    raise UserError(f"num_points must be >= 1, got {min(num_train, num_test)}")
+  factors = {"train": _factors(data, num_train, rng), "test": _factors(data, num_test, rng)}
+  return Draws(metric, factors, {"model_seed": int(rng.integers(2**31 - 1))})
+
+
+def draw_dci(data, rng: np.random.Generator, num_train: int = 10_000, num_test: int = 5_000):
+  """DCI's draws: ``factors["train"]``, ``["test"]``, then the trees' seed."""
+  return _draw_train_test("dci", data, rng, num_train, num_test)
+
+
+def score_dci(draws: Draws, codes: dict[str, np.ndarray]) -> Scoring:
+  """:func:`dci` of the codes of :func:`draw_dci`'s draws (one job per factor)."""
+  f, seed = draws.factors, draws.extra["model_seed"]
+  return _dci_scoring(codes["train"], f["train"], codes["test"], f["test"], seed)
 
 
 def dci_score(
@@ -460,10 +599,9 @@ def dci_score(
 ) -> dict[str, float]:
   """:func:`dci` of the codes of ``num_train`` (10,000) and ``num_test`` (5,000) random
   observations."""
-  rng = _rng(seed)
-  train = sample_codes(encode, data, num_train, rng, max_batch)
-  test = sample_codes(encode, data, num_test, rng, max_batch)
-  return dci(*train, *test, seed=int(rng.integers(2**31 - 1)))
+  check_ground_truth(data)
+  draws = draw_dci(data, _rng(seed), num_train, num_test)
+  return score_dci(draws, encode_draws(encode, data, draws, max_batch)).run()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,6 +628,34 @@ def _linear_svm(seed: int):
   )
 
 
+def _sap_checked(codes_train, factors_train, codes_test, factors_test):
+  """SAP's (discrete factors) checked ``(x (N, d), y (N, K), x_test (M, d), y_test (M, K))``."""
+  x, y = _check_pair(codes_train, factors_train, "sap train")
+  d, k = x.shape[1], y.shape[1]
+  if codes_test is None or factors_test is None:
+    raise UserError("sap with discrete factors needs test codes and factors")
+  x_test, y_test = _test_pair(codes_test, factors_test, "sap")
+  if x_test.ndim != 2 or x_test.shape[1] != d or y_test.shape != (len(x_test), k):
+    raise UserError(
+      f"sap test codes/factors must be (M, {d}) and (M, {k}), got {x_test.shape} and {y_test.shape}"
+    )
+  return x, y, x_test, y_test
+
+
+def _sap_jobs(x, y, x_test, y_test, seed: int) -> list[Callable[[], np.ndarray]]:
+  """One job per factor ``f``: column ``S[:, f] (d,)``, the test accuracies of the linear SVMs
+  predicting factor ``f`` from each code alone."""
+
+  def column(f: int) -> np.ndarray:
+    out = np.zeros(x.shape[1])
+    for j in range(x.shape[1]):
+      model = _linear_svm(seed).fit(x[:, j : j + 1], y[:, f])
+      out[j] = _accuracy(model, x_test[:, j : j + 1], y_test[:, f])
+    return out
+
+  return [lambda f=f: column(f) for f in range(y.shape[1])]
+
+
 def sap_matrix(
   codes_train: np.ndarray,
   factors_train: np.ndarray,
@@ -506,27 +672,24 @@ def sap_matrix(
   ``Cov(z_j, y_k)² / (Var z_j · Var y_k)`` (ddof = 1) on the training points, 0 where
   ``Var z_j ≤ 1e-12``.
   """
-  x, y = _check_pair(codes_train, factors_train, "sap train")
-  d, k = x.shape[1], y.shape[1]
-  scores = np.zeros((d, k))
   if continuous_factors:
-    for j in range(d):
-      for f in range(k):
+    x, y = _check_pair(codes_train, factors_train, "sap train")
+    scores = np.zeros((x.shape[1], y.shape[1]))
+    for j in range(x.shape[1]):
+      for f in range(y.shape[1]):
         cov = np.cov(x[:, j], y[:, f], ddof=1)
         scores[j, f] = cov[0, 1] ** 2 / (cov[0, 0] * cov[1, 1]) if cov[0, 0] > 1e-12 else 0.0
     return scores
-  if codes_test is None or factors_test is None:
-    raise UserError("sap with discrete factors needs test codes and factors")
-  x_test, y_test = _test_pair(codes_test, factors_test, "sap")
-  if x_test.ndim != 2 or x_test.shape[1] != d or y_test.shape != (len(x_test), k):
-    raise UserError(
-      f"sap test codes/factors must be (M, {d}) and (M, {k}), got {x_test.shape} and {y_test.shape}"
-    )
-  for j in range(d):
-    for f in range(k):
-      model = _linear_svm(seed).fit(x[:, j : j + 1], y[:, f])
-      scores[j, f] = _accuracy(model, x_test[:, j : j + 1], y_test[:, f])
-  return scores
+  checked = _sap_checked(codes_train, factors_train, codes_test, factors_test)
+  return np.stack([job() for job in _sap_jobs(*checked, seed)], axis=1)
+
+
+def _sap_gap(scores: np.ndarray) -> float:
+  """The mean over factors of the gap between the two highest entries of ``scores (d, K)``."""
+  if scores.shape[0] < 2:
+    raise UserError(f"sap needs at least 2 code dimensions for a gap, got {scores.shape[0]}")
+  top = np.sort(scores, axis=0)
+  return float(np.mean(top[-1] - top[-2]))
 
 
 def sap(
@@ -548,13 +711,25 @@ def sap(
   Raises:
     UserError: bad shapes, non-finite codes, ``d < 2``, or a factor with a single value.
   """
-  scores = sap_matrix(
-    codes_train, factors_train, codes_test, factors_test, continuous_factors, seed
+  return _sap_gap(
+    sap_matrix(codes_train, factors_train, codes_test, factors_test, continuous_factors, seed)
   )
-  if scores.shape[0] < 2:
-    raise UserError(f"sap needs at least 2 code dimensions for a gap, got {scores.shape[0]}")
-  top = np.sort(scores, axis=0)
-  return float(np.mean(top[-1] - top[-2]))
+
+
+def draw_sap(data, rng: np.random.Generator, num_train: int = 10_000, num_test: int = 5_000):
+  """SAP's draws: ``factors["train"]``, ``["test"]``, then the SVMs' seed."""
+  return _draw_train_test("sap", data, rng, num_train, num_test)
+
+
+def score_sap(draws: Draws, codes: dict[str, np.ndarray]) -> Scoring:
+  """``{"sap": ...}`` (discrete factors) of the codes of :func:`draw_sap`'s draws (one job per
+  factor)."""
+  f = draws.factors
+  checked = _sap_checked(codes["train"], f["train"], codes["test"], f["test"])
+  if checked[0].shape[1] < 2:
+    raise UserError(f"sap needs at least 2 code dimensions for a gap, got {checked[0].shape[1]}")
+  jobs = _sap_jobs(*checked, draws.extra["model_seed"])
+  return Scoring(jobs, lambda r: {"sap": _sap_gap(np.stack(r, axis=1))})
 
 
 def sap_score(
@@ -568,13 +743,65 @@ def sap_score(
 ) -> dict[str, float]:
   """``{"sap": ...}``: :func:`sap` of the codes of ``num_train`` (10,000) and ``num_test``
   (5,000) random observations, discrete factors (disentanglement_lib's dSprites setting)."""
-  rng = _rng(seed)
-  train = sample_codes(encode, data, num_train, rng, max_batch)
-  test = sample_codes(encode, data, num_test, rng, max_batch)
-  return {"sap": sap(*train, *test, continuous_factors, seed=int(rng.integers(2**31 - 1)))}
+  check_ground_truth(data)
+  draws = draw_sap(data, _rng(seed), num_train, num_test)
+  codes = encode_draws(encode, data, draws, max_batch)
+  if not continuous_factors:
+    return score_sap(draws, codes).run()
+  f = draws.factors
+  return {"sap": sap(codes["train"], f["train"], codes["test"], f["test"], True)}
 
 
 METRICS = ("beta_vae", "factor_vae", "mig", "dci", "sap")
+
+
+DRAW = {
+  "beta_vae": draw_beta_vae,
+  "factor_vae": draw_factor_vae,
+  "mig": draw_mig,
+  "dci": draw_dci,
+  "sap": draw_sap,
+}
+SCORE = {
+  "beta_vae": score_beta_vae,
+  "factor_vae": score_factor_vae,
+  "mig": score_mig,
+  "dci": score_dci,
+  "sap": score_sap,
+}
+
+
+def check_metrics(metrics) -> tuple[str, ...]:
+  """``metrics`` as a tuple of known names; a one-line error for an unknown or empty list."""
+  metrics = tuple(metrics)
+  unknown = [m for m in metrics if m not in METRICS]
+  if unknown or not metrics:
+    raise UserError(f"unknown metrics {unknown}; known: {', '.join(METRICS)}")
+  return metrics
+
+
+def draw(
+  data, metrics=METRICS, seed: int = 0, num_train: int | None = None, num_eval: int | None = None
+) -> list[Draws]:
+  """Every named metric's draws with the disentanglement_lib sizes (or ``num_train`` /
+  ``num_eval`` for every metric's training / evaluation points, and ``num_train`` for FactorVAE's
+  variance estimate), each from its own stream ``SeedSequence([seed, index in METRICS])``, so a
+  metric's value does not depend on which others are computed."""
+  check_ground_truth(data)
+  out = []
+  for name in check_metrics(metrics):
+    rng = np.random.default_rng(np.random.SeedSequence([seed, METRICS.index(name)]))
+    sizes = {}
+    if num_train is not None:
+      sizes["num_train"] = num_train
+      if name == "factor_vae":
+        sizes["num_variance_estimate"] = num_train
+    if num_eval is not None:
+      sizes["num_test" if name in ("dci", "sap") else "num_eval"] = num_eval
+    if name == "mig":
+      sizes.pop("num_eval", None)
+    out.append(DRAW[name](data, rng, **sizes))
+  return out
 
 
 def evaluate(
@@ -587,44 +814,22 @@ def evaluate(
   max_batch: int = 1024,
   on_metric: Callable[[str, dict[str, float], float], None] | None = None,
 ) -> dict[str, float]:
-  """The named metrics with the disentanglement_lib sizes (or ``num_train``/``num_eval`` for
-  every metric's training/evaluation points, and ``num_train`` for FactorVAE's variance
-  estimate), each with its own random stream ``SeedSequence([seed, index in METRICS])``, so a
-  metric's value does not depend on which others are computed. ``on_metric(name, scores,
-  seconds)`` is called after each.
+  """The named metrics of one encoder, one after another (:func:`draw`'s draws and sizes; every
+  observation encoded where it is drawn). ``on_metric(name, scores, seconds)`` is called after
+  each. ``gen_models.metrics.disentanglement_runner.evaluate_members`` computes the same numbers
+  for many encoders at once, faster.
 
   Returns:
     ``{"<metric>/<score>": value}``, e.g. ``beta_vae/eval_accuracy``, ``mig/mig``,
     ``dci/disentanglement``, ``sap/sap``.
   """
-  check_ground_truth(data)
-  unknown = [m for m in metrics if m not in METRICS]
-  if unknown or not metrics:
-    raise UserError(f"unknown metrics {unknown}; known: {', '.join(METRICS)}")
-  sizes = {}
-  if num_train is not None:
-    sizes["num_train"] = num_train
   results = {}
-  for name in metrics:
+  for draws in draw(data, metrics, seed, num_train, num_eval):
     start = time.perf_counter()
-    rng = np.random.default_rng(np.random.SeedSequence([seed, METRICS.index(name)]))
-    if name == "beta_vae":
-      extra = {"num_eval": num_eval} if num_eval is not None else {}
-      out = beta_vae_score(encode, data, rng, max_batch=max_batch, **sizes, **extra)
-    elif name == "factor_vae":
-      extra = {"num_eval": num_eval} if num_eval is not None else {}
-      if num_train is not None:
-        extra["num_variance_estimate"] = num_train
-      out = factor_vae_score(encode, data, rng, max_batch=max_batch, **sizes, **extra)
-    elif name == "mig":
-      out = mig_score(encode, data, rng, max_batch=max_batch, **sizes)
-    else:
-      extra = {"num_test": num_eval} if num_eval is not None else {}
-      score = dci_score if name == "dci" else sap_score
-      out = score(encode, data, rng, max_batch=max_batch, **sizes, **extra)
-    results.update({f"{name}/{k}": v for k, v in out.items()})
+    out = SCORE[draws.metric](draws, encode_draws(encode, data, draws, max_batch)).run()
+    results.update({f"{draws.metric}/{k}": v for k, v in out.items()})
     if on_metric is not None:
-      on_metric(name, out, time.perf_counter() - start)
+      on_metric(draws.metric, out, time.perf_counter() - start)
   return results
 
 
