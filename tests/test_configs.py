@@ -23,6 +23,7 @@ def test_config_list_is_complete():
   assert CONFIGS == [
     "annealed_vae_dsprites",
     "beta_vae_dsprites",
+    "beta_vae_dsprites_higgins",
     "realnvp_cifar10",
     "realnvp_mnist",
     "realnvp_toy",
@@ -103,9 +104,35 @@ def test_vae_smoke(name, objective, beta, tmp_path):
   full = importlib.import_module(f"experiments.configs.{name}").get_config()
   assert (full.vae.objective, full.vae.beta, full.vae.architecture) == (objective, beta, "conv")
   assert (full.vae.latent_dim, full.batch_size, full.optimizer.learning_rate) == (10, 64, 1e-4)
+  assert (full.vae.init, full.optimizer.name) == ("glorot_uniform", "adam")
   assert full.dataset.name == "dsprites_procedural" and full.num_train_steps == 300_000
   if objective == "capacity":
     assert (full.vae.c_max, full.vae.gamma, full.vae.capacity_steps) == (25.0, 1000.0, 100_000)
+
+
+def test_higgins_vae_smoke(tmp_path):
+  """Higgins et al. 2017's fully connected dSprites model with Adagrad on the smoke grid."""
+  config, final = _smoke("beta_vae_dsprites_higgins", "smoke", tmp_path)
+  assert config.dataset.name == "dsprites_procedural_smoke"
+  assert {"elbo", "reconstruction", "kl", "eval/elbo"} <= set(final)
+  _, _, state = trainer.load_run(str(tmp_path / "beta_vae_dsprites_higgins"))
+  assert state.params["encoder"]["Dense_0"]["kernel"].shape == (64 * 64, 1200)
+  full = importlib.import_module("experiments.configs.beta_vae_dsprites_higgins").get_config()
+  assert (full.vae.architecture, full.vae.init, full.vae.beta, full.vae.latent_dim) == (
+    "fc",
+    "glorot_uniform",
+    4.0,
+    10,
+  )
+  assert (full.vae.objective, full.vae.likelihood) == ("beta", "bernoulli")
+  opt = full.optimizer
+  assert (opt.name, opt.learning_rate, opt.initial_accumulator_value, opt.eps) == (
+    "adagrad",
+    1e-2,
+    0.1,
+    0.0,
+  )
+  assert full.dataset.name == "dsprites_procedural" and full.batch_size == 64
 
 
 @pytest.mark.parametrize("arg", ["smoke,checkerboard", "smoke,two_moons"])

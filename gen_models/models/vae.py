@@ -48,6 +48,15 @@ and a decoder ``z (B, d) → (B, *shape)`` (logits for Bernoulli, means for Gaus
   log σ; we predict log σ² as disentanglement_lib does (the same family, a factor 2).
 * ``"mlp"``: for vector data (or flattened images): ``mlp_depth`` dense ReLU layers of
   ``mlp_width`` each way.
+* ``"fc"``: Higgins et al. 2017's fully connected dSprites model as disentanglement_lib writes
+  it (``fc_encoder``/``fc_decoder``, after row 1 of the paper's Table 1): the example flattened
+  (64·64·1 = 4096 values) → dense 1200 → dense 1200 (ReLU after each) → dense d (means) and
+  dense d (log-variances), both from the second hidden layer; decoder dense 1200 → 1200 → 1200
+  (tanh after each) → dense ``prod(shape)``, no output activation (logits), reshaped to the
+  example's shape. Any example shape.
+
+Kernels start from ``vae.init`` (``gen_models.nn.init``): flax's LeCun normal (default) or
+TensorFlow's Glorot uniform, which disentanglement_lib's layers had; biases from zero.
 
 The conv nets take H×W×C images with H and W multiples of 16 (four stride-2 halvings); the
 decoder starts from an (H/16)×(W/16) grid, i.e. the papers' 4×4 for 64×64 images.
@@ -71,10 +80,12 @@ from gen_models.config import base_config
 from gen_models.divergences import kl_diag_gaussians
 from gen_models.errors import UserError
 from gen_models.models import Family
-from gen_models.nn import Conv, ConvTranspose, check_impl
+from gen_models.nn import INITS, Conv, ConvTranspose, check_impl, check_init, kernel_init
 from gen_models.train_state import TrainState, apply_gradients
 
-ARCHITECTURES = ("conv", "burgess", "mlp")
+ARCHITECTURES = ("conv", "burgess", "mlp", "fc")
+ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh}
+OPTIMIZERS = ("adam", "adagrad")
 OBJECTIVES = ("beta", "capacity")
 # Config keys a population may sweep (gen_models.population): values the step reads from
 # ``state.hparams`` when they are there, else the config's constants.
@@ -89,6 +100,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.batch_size = 64
   c.vae = ml_collections.ConfigDict()
   c.vae.architecture = "conv"  # One of ARCHITECTURES.
+  # Kernel initialiser, one of gen_models.nn.INITS: flax's "lecun_normal", or "glorot_uniform"
+  # (TensorFlow's layers' default, disentanglement_lib's). Biases start at zero either way.
+  c.vae.init = "lecun_normal"
   c.vae.latent_dim = 10
   c.vae.likelihood = "bernoulli"  # One of LIKELIHOODS; Bernoulli needs data in [0, 1].
   c.vae.gaussian_scale = 1.0  # s of the Gaussian likelihood (its initial value if learned).
@@ -103,10 +117,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.vae.traversal_range = 2.0  # Latent traversals sweep μ_j ± this many prior std deviations.
   c.vae.traversal_steps = 9
   c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adam"  # One of OPTIMIZERS.
   c.optimizer.learning_rate = 1e-4
-  c.optimizer.b1 = 0.9
-  c.optimizer.b2 = 0.999
-  c.optimizer.eps = 1e-8
+  c.optimizer.b1 = 0.9  # Adam's.
+  c.optimizer.b2 = 0.999  # Adam's.
+  c.optimizer.eps = 1e-8  # Adam's ε; Adagrad's ε (added to the accumulator under the root).
+  c.optimizer.initial_accumulator_value = 0.1  # Adagrad's (optax's and TensorFlow's default).
   return c
 
 
@@ -118,10 +134,12 @@ class GaussianHead(nn.Module):
   """Two dense layers from the same features: ``(μ, log σ²)``, each ``(B, latent_dim)``."""
 
   latent_dim: int
+  weight_init: str = "lecun_normal"  # gen_models.nn.init: the kernels' initialiser.
 
   @nn.compact
   def __call__(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return nn.Dense(self.latent_dim, name="means")(h), nn.Dense(self.latent_dim, name="log_var")(h)
+    dense = functools.partial(nn.Dense, self.latent_dim, kernel_init=kernel_init(self.weight_init))
+    return dense(name="means")(h), dense(name="log_var")(h)
 
 
 class ConvEncoder(nn.Module):
@@ -134,16 +152,20 @@ class ConvEncoder(nn.Module):
   dense: Sequence[int]
   latent_dim: int
   conv_impl: str = "auto"  # gen_models.nn.conv: how the convs are computed (same function).
+  weight_init: str = "lecun_normal"  # gen_models.nn.init: the kernels' initialiser.
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    init = kernel_init(self.weight_init)
     for features, k in self.convs:
-      conv = Conv(features, (k, k), strides=(2, 2), padding="SAME", impl=self.conv_impl)
+      conv = Conv(
+        features, (k, k), strides=(2, 2), padding="SAME", kernel_init=init, impl=self.conv_impl
+      )
       x = nn.relu(conv(x))
     h = x.reshape(x.shape[0], -1)
     for width in self.dense:
-      h = nn.relu(nn.Dense(width)(h))
-    return GaussianHead(self.latent_dim)(h)
+      h = nn.relu(nn.Dense(width, kernel_init=init)(h))
+    return GaussianHead(self.latent_dim, self.weight_init)(h)
 
 
 class ConvDecoder(nn.Module):
@@ -157,75 +179,97 @@ class ConvDecoder(nn.Module):
   deconvs: Sequence[int]
   out_shape: tuple[int, int, int]
   conv_impl: str = "auto"  # gen_models.nn.conv: how the convs are computed (same function).
+  weight_init: str = "lecun_normal"  # gen_models.nn.init (transposed convs: TensorFlow's fans).
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
     h = z
     for width in (*self.dense, math.prod(self.start)):
-      h = nn.relu(nn.Dense(width)(h))
+      h = nn.relu(nn.Dense(width, kernel_init=kernel_init(self.weight_init))(h))
     x = h.reshape(z.shape[0], *self.start)
     deconv = functools.partial(
-      ConvTranspose, kernel_size=(4, 4), strides=(2, 2), padding="SAME", impl=self.conv_impl
+      ConvTranspose,
+      kernel_size=(4, 4),
+      strides=(2, 2),
+      padding="SAME",
+      kernel_init=kernel_init(self.weight_init, transpose=True),
+      impl=self.conv_impl,
     )
     for features in self.deconvs:
       x = nn.relu(deconv(features)(x))
     return deconv(self.out_shape[-1])(x)
 
 
-class MLPEncoder(nn.Module):
-  """``depth`` dense ReLU layers of ``width`` on the flattened example → head."""
+class DenseEncoder(nn.Module):
+  """Dense layers of ``widths`` (``activation`` after each) on the flattened example → head.
 
-  width: int
-  depth: int
+  ``x (B, *shape)`` → ``(μ, log σ²)``, each ``(B, latent_dim)``.
+  """
+
+  widths: Sequence[int]
   latent_dim: int
+  activation: str = "relu"  # A key of ACTIVATIONS.
+  weight_init: str = "lecun_normal"  # gen_models.nn.init: the kernels' initialiser.
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    init = kernel_init(self.weight_init)
     h = x.reshape(x.shape[0], -1)
-    for _ in range(self.depth):
-      h = nn.relu(nn.Dense(self.width)(h))
-    return GaussianHead(self.latent_dim)(h)
+    for width in self.widths:
+      h = ACTIVATIONS[self.activation](nn.Dense(width, kernel_init=init)(h))
+    return GaussianHead(self.latent_dim, self.weight_init)(h)
 
 
-class MLPDecoder(nn.Module):
-  """``depth`` dense ReLU layers of ``width`` → dense ``prod(out_shape)`` → ``(B, *out_shape)``."""
+class DenseDecoder(nn.Module):
+  """Dense layers of ``widths`` (``activation`` after each) → dense ``prod(out_shape)``.
 
-  width: int
-  depth: int
+  ``z (B, d)`` → ``(B, *out_shape)`` (no output activation).
+  """
+
+  widths: Sequence[int]
   out_shape: tuple[int, ...]
+  activation: str = "relu"  # A key of ACTIVATIONS.
+  weight_init: str = "lecun_normal"  # gen_models.nn.init: the kernels' initialiser.
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
+    init = kernel_init(self.weight_init)
     h = z
-    for _ in range(self.depth):
-      h = nn.relu(nn.Dense(self.width)(h))
-    return nn.Dense(math.prod(self.out_shape))(h).reshape(z.shape[0], *self.out_shape)
+    for width in self.widths:
+      h = ACTIVATIONS[self.activation](nn.Dense(width, kernel_init=init)(h))
+    out = nn.Dense(math.prod(self.out_shape), kernel_init=init)(h)
+    return out.reshape(z.shape[0], *self.out_shape)
 
 
 def make_networks(
   vae: ml_collections.ConfigDict, shape: Sequence[int], conv_impl: str = "auto"
 ) -> tuple[nn.Module, ...]:
-  """``(encoder, decoder)`` for examples of ``shape``; ``conv_impl`` as ``gen_models.nn.conv``."""
+  """``(encoder, decoder)`` for examples of ``shape``; ``conv_impl`` as ``gen_models.nn.conv``,
+  kernels initialised as ``vae.init`` names (``gen_models.nn.init``)."""
   shape, d = tuple(shape), vae.latent_dim
+  w_init = check_init(vae.get("init", "lecun_normal"))
   if vae.architecture == "mlp":
+    widths = (vae.mlp_width,) * vae.mlp_depth
+    return DenseEncoder(widths, d, "relu", w_init), DenseDecoder(widths, shape, "relu", w_init)
+  if vae.architecture == "fc":
     return (
-      MLPEncoder(vae.mlp_width, vae.mlp_depth, d),
-      MLPDecoder(vae.mlp_width, vae.mlp_depth, shape),
+      DenseEncoder((1200, 1200), d, "relu", w_init),
+      DenseDecoder((1200, 1200, 1200), shape, "tanh", w_init),
     )
   if vae.architecture not in ARCHITECTURES:
     raise UserError(f"unknown vae.architecture {vae.architecture!r}; known: {ARCHITECTURES}")
   if len(shape) != 3 or shape[0] % 16 or shape[1] % 16 or min(shape) < 1:
     raise UserError(
       f"vae.architecture={vae.architecture!r} needs H×W×C images with H and W multiples of 16 "
-      f"(the papers' 64×64×C), got examples of shape {shape}; use vae.architecture='mlp'"
+      f"(the papers' 64×64×C), got examples of shape {shape}; use vae.architecture='mlp' or 'fc'"
     )
   grid = (shape[0] // 16, shape[1] // 16)
   if vae.architecture == "conv":
-    encoder = ConvEncoder(((32, 4), (32, 4), (64, 2), (64, 2)), (256,), d, conv_impl)
-    decoder = ConvDecoder((256,), (*grid, 64), (64, 32, 32), shape, conv_impl)
+    encoder = ConvEncoder(((32, 4), (32, 4), (64, 2), (64, 2)), (256,), d, conv_impl, w_init)
+    decoder = ConvDecoder((256,), (*grid, 64), (64, 32, 32), shape, conv_impl, w_init)
   else:
-    encoder = ConvEncoder(((32, 4),) * 4, (256, 256), d, conv_impl)
-    decoder = ConvDecoder((256, 256), (*grid, 32), (32, 32, 32), shape, conv_impl)
+    encoder = ConvEncoder(((32, 4),) * 4, (256, 256), d, conv_impl, w_init)
+    decoder = ConvDecoder((256, 256), (*grid, 32), (32, 32, 32), shape, conv_impl, w_init)
   return encoder, decoder
 
 
@@ -340,7 +384,7 @@ def train_step(
   capacity_steps: int,
   learning_rate: float,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One Adam update of encoder and decoder (and a learned Gaussian scale) on ``L``.
+  """One optimizer update of encoder and decoder (and a learned Gaussian scale) on ``L``.
 
   Args:
     state: ``params`` has ``encoder``, ``decoder`` (and ``likelihood`` when its scale is
@@ -349,7 +393,7 @@ def train_step(
     encoder, decoder: the flax modules (static).
     likelihood: ``"bernoulli"`` or ``"gaussian"``; fixed_log_scale: ``log s`` if not learned.
     kind, beta, gamma, c_max, capacity_steps: the objective (module docstring).
-    learning_rate: Adam's step size (``state.tx["vae"]`` has a unit one).
+    learning_rate: the optimizer's step size (``state.tx["vae"]`` has a unit one).
     ``beta``, ``gamma``, ``c_max`` and ``learning_rate`` are replaced by ``state.hparams``'s
     values of ``vae.beta``, ``vae.gamma``, ``vae.c_max`` and ``optimizer.learning_rate`` where
     it has them (a population's members).
@@ -522,6 +566,23 @@ def init(
   return TrainState.create(params=params, tx={"vae": tx}, rng=run_key, opt_params={"vae": params})
 
 
+def make_optimizer(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """``opt.name``'s optax optimizer with a unit learning rate (the step multiplies its updates
+  by ``optimizer.learning_rate``: ``gen_models.train_state.apply_gradients``).
+
+  ``"adam"``: ``optax.adam(1, b1, b2, eps)``. ``"adagrad"`` (Duchi et al. 2011), per parameter,
+  from ``a_0 = initial_accumulator_value``::
+
+      a_t = a_{t−1} + g_t²,   θ_t = θ_{t−1} − lr · g_t / sqrt(a_t + eps)
+
+  ``optax.adagrad(1, initial_accumulator_value, eps)``. TensorFlow 1's
+  ``tf.train.AdagradOptimizer`` is the same rule with ``eps = 0`` (and ``a_0 = 0.1`` by default).
+  """
+  if opt.name == "adagrad":
+    return optax.adagrad(1.0, initial_accumulator_value=opt.initial_accumulator_value, eps=opt.eps)
+  return optax.adam(1.0, b1=opt.b1, b2=opt.b2, eps=opt.eps)
+
+
 def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...]) -> Family:
   """Binds the config to the pure functions above; bad settings are a :class:`UserError`."""
   vae, opt = config.vae, config.optimizer
@@ -529,6 +590,10 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
     raise UserError(f"unknown vae.objective {vae.objective!r}; known: {', '.join(OBJECTIVES)}")
   if vae.likelihood not in LIKELIHOODS:
     raise UserError(f"unknown vae.likelihood {vae.likelihood!r}; known: {', '.join(LIKELIHOODS)}")
+  if vae.init not in INITS:
+    raise UserError(f"unknown vae.init {vae.init!r}; known: {', '.join(INITS)}")
+  if opt.name not in OPTIMIZERS:
+    raise UserError(f"unknown optimizer.name {opt.name!r}; known: {', '.join(OPTIMIZERS)}")
   checks = [
     ("vae.beta", vae.beta, vae.beta >= 0, ">= 0"),
     ("vae.gamma", vae.gamma, vae.gamma >= 0, ">= 0"),
@@ -537,6 +602,13 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
     ("vae.latent_dim", vae.latent_dim, vae.latent_dim >= 1, ">= 1"),
     ("vae.gaussian_scale", vae.gaussian_scale, vae.gaussian_scale > 0, "> 0"),
     ("vae.traversal_steps", vae.traversal_steps, vae.traversal_steps >= 2, ">= 2"),
+    ("optimizer.eps", opt.eps, opt.eps >= 0, ">= 0"),
+    (
+      "optimizer.initial_accumulator_value",
+      opt.initial_accumulator_value,
+      opt.initial_accumulator_value >= 0,
+      ">= 0",
+    ),
   ]
   for name, value, ok, want in checks:
     if not (ok and math.isfinite(value)):
@@ -549,7 +621,7 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
   log_scale = math.log(vae.gaussian_scale) if vae.likelihood == "gaussian" else None
   learned = log_scale if vae.learn_gaussian_scale else None
   fixed = None if vae.learn_gaussian_scale else log_scale
-  tx = optax.adam(1.0, b1=opt.b1, b2=opt.b2, eps=opt.eps)  # × learning_rate in the step.
+  tx = make_optimizer(opt)
   nets = {"encoder": encoder, "decoder": decoder}
   terms_fn = jax.jit(
     lambda params, x, key: terms(

@@ -5,10 +5,12 @@ convolutions on CPU (space-to-depth / depth-to-space); ``conv_impl`` config key.
 ``resnet``: pre-activation residual blocks (up / down / plain), the ResNet critic's first block,
 mean pooling, nearest-neighbour up-sampling and class-conditional batch norm (the WGAN-GP ResNet
 nets); a stride-1 conv ``ResNet`` (RealNVP's s/t nets). ``weight_norm``: a weight-normalised conv
-(``w = g·v/‖v‖``). ``mlp``: a dense ReLU net whose last layer may start at zero.
+(``w = g·v/‖v‖``). ``mlp``: a dense ReLU net whose last layer may start at zero. ``init``:
+kernel initialisers by name (flax's LeCun normal, TensorFlow's Glorot uniform).
 """
 
 from gen_models.nn.conv import IMPLS, Conv, ConvTranspose, check_impl, resolve_impl
+from gen_models.nn.init import INITS, check_init, kernel_init
 from gen_models.nn.mlp import MLP
 from gen_models.nn.resnet import (
   ConditionalBatchNorm,
@@ -22,6 +24,7 @@ from gen_models.nn.weight_norm import WeightNormConv, weight_norm_kernel
 
 __all__ = [
   "IMPLS",
+  "INITS",
   "MLP",
   "ConditionalBatchNorm",
   "Conv",
@@ -30,6 +33,8 @@ __all__ = [
   "ResNet",
   "ResidualBlock",
   "check_impl",
+  "check_init",
+  "kernel_init",
   "mean_pool",
   "resolve_impl",
   "upsample_nearest",
