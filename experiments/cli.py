@@ -183,6 +183,28 @@ def write_json(path: str, obj: object, sort_keys: bool = False) -> None:
     raise UserError(f"cannot write {path}: {e.strerror or e}") from None
 
 
+def results_path(workdir: str, kind: str, step: int) -> str:
+  """Where an evaluation command keeps a copy of its results in the evaluated ``workdir``:
+  ``<workdir>/results/<kind>_step<step, 8 digits>.json`` (``experiments.report`` reads them).
+  Creates nothing."""
+  return os.path.join(workdir, "results", f"{kind}_step{step:08d}.json")
+
+
+def write_workdir_results(workdir: str, kind: str, step: int, results: dict) -> str:
+  """Writes ``results`` to :func:`results_path` (making ``results/``); returns the path.
+
+  Raises:
+    UserError: the directory or the file cannot be written.
+  """
+  path = results_path(workdir, kind, step)
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+  except OSError as e:
+    raise UserError(f"cannot create {os.path.dirname(path)}: {e.strerror or e}") from None
+  write_json(path, results, sort_keys=True)
+  return path
+
+
 def format_table(rows: list[dict], columns) -> str:
   """A right-aligned text table of ``rows``: ``columns`` is ``(key, formatter)`` pairs; a missing
   or None value prints as ``-`` (the benchmarks' tables)."""

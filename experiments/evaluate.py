@@ -15,6 +15,10 @@ A population's workdir as FAKE is evaluated member by member (every member, or `
 the JSON then holds ``members``, a row per member with its ``member`` index, ``name``, ``seed``,
 ``hparams`` and the metrics.
 
+When FAKE is a workdir, the JSON also holds the checkpoint's ``step`` (each row's, for a
+population) and a copy goes to ``FAKE/results/evaluate_step<step>.json`` for
+``experiments.report``.
+
 The JSON holds ``fid``, ``is_mean``, ``is_std``, ``kid_mean``, ``kid_std``, ``precision``,
 ``recall``, ``density``, ``coverage`` (those requested), the sample counts and the k's. Argument
 order is ``(real, fake)``: precision/density measure fidelity, recall/coverage diversity.
@@ -79,14 +83,15 @@ def load_side(
   path: str, which: str, progress, member: int | None = None
 ) -> tuple[np.ndarray | None, dict, str]:
   """``(samples or None, extra arrays, kind)`` of one input; kind: images, features or stats.
-  ``member``: a population workdir's member to sample."""
+  ``member``: a population workdir's member to sample; a workdir's extra is its checkpoint's
+  ``{"step": step}``."""
   if os.path.isdir(path):
     samples, kind, step = draw_samples(
       path, _NUM_SAMPLES.value, _SEED.value, _BATCH_SIZE.value, member
     )
     who = f" member {member}" if member is not None else ""
     logs.info(f"{which}: {len(samples)} samples from {path}{who} at step {step}")
-    return samples, {}, "images" if kind == "images" else "features"
+    return samples, {"step": step}, "images" if kind == "images" else "features"
   if not os.path.exists(path):
     raise UserError(f"--{which}={path} does not exist")
   if not path.endswith((".npy", ".npz")):
@@ -125,11 +130,14 @@ def load_side(
 
 
 def features_of(
-  path: str, which: str, progress, made: dict, member: int | None = None
+  path: str, which: str, progress, made: dict, member: int | None = None, steps=None
 ) -> evaluate.Features:
   """One side's features; ``made`` keeps the extractor per kind, so that real and fake images
-  share one loaded and compiled Inception."""
+  share one loaded and compiled Inception. A workdir's checkpoint step is appended to
+  ``steps`` (a list), if given."""
   samples, extra, kind = load_side(path, which, progress, member)
+  if steps is not None and "step" in extra:
+    steps.append(extra["step"])
   if kind == "stats":
     return evaluate.Features(stats=extra["stats"])
   if len(samples) < 2:
@@ -160,8 +168,9 @@ def run() -> dict:
   made: dict = {}
   real = features_of(_REAL.value, "real", progress, made)
   members = cli.workdir_members(_FAKE.value, _MEMBER.value)
+  steps: list[int] = []  # The fake workdir's checkpoint step (once per member).
   if members is None:
-    fake = features_of(_FAKE.value, "fake", progress, made)
+    fake = features_of(_FAKE.value, "fake", progress, made, steps=steps)
   if _SAVE_REAL_STATS.value:
     if real.features is None:
       raise UserError("--save_real_stats needs real features, not statistics")
@@ -182,14 +191,18 @@ def run() -> dict:
   )
   if members is None:
     results = compute(fake)
+    if steps:
+      results["step"] = steps[0]
   else:
     rows = []
     for m in members:
-      row = compute(features_of(_FAKE.value, "fake", progress, made, m.index))
-      rows.append({**cli.member_row(m), **row})
+      row = compute(features_of(_FAKE.value, "fake", progress, made, m.index, steps))
+      rows.append({**cli.member_row(m), **row, "step": steps[-1]})
     results = {"members": rows}
   results["ties"] = _TIES.value
   cli.write_json(output, results, sort_keys=True)
+  if steps:  # FAKE is a workdir: a copy in it for experiments.report.
+    cli.write_workdir_results(_FAKE.value, "evaluate", max(steps), results)
   return results
 
 

@@ -18,6 +18,9 @@ with its running statistics), on this process's devices.
 A population's run is evaluated member by member (every member, or ``--member=I``): the JSON
 holds ``members``, a row per member with its ``member`` index, ``name``, ``seed``, ``hparams``
 and the numbers above; ``--log_probs`` is then ``(members, N)``.
+
+The results also go to ``DIR/results/likelihood_step<step>.json`` (with or without ``--output``)
+for ``experiments.report``.
 """
 
 from __future__ import annotations
@@ -178,6 +181,7 @@ def run() -> dict:
     log_p = np.stack([lp for _, lp in rows])  # (members, N)
   if _OUTPUT.value:
     cli.write_json(_OUTPUT.value, results, sort_keys=True)
+  cli.write_workdir_results(_WORKDIR.value, "likelihood", rows[0][0]["step"], results)
   if _LOG_PROBS.value:
     try:
       np.save(_LOG_PROBS.value, log_p)

@@ -267,7 +267,10 @@ def test_cli_draws_samples_from_a_workdir(tmp_path):
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   got = json.loads(out.read_text())
-  fake, kind, _ = draw_samples(workdir, 120, 3, 100)
+  fake, kind, step = draw_samples(workdir, 120, 3, 100)
   assert kind == "points" and got["num_fake"] == 120
   assert got["fid"] == pytest.approx(fid.fid(real, fake), rel=1e-6)
   assert got["precision"] == prdc.prdc(real, fake)["precision"]
+  # A copy in the workdir for experiments.report, at the checkpoint's step.
+  with open(os.path.join(workdir, "results", f"evaluate_step{step:08d}.json")) as f:
+    assert json.load(f) == got and got["step"] == step

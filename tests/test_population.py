@@ -305,6 +305,12 @@ def test_evaluate_writes_a_row_per_member(toy_population, tmp_path):
     (1, "gp_weight=10,seed=0", 0),
   ]
   assert rows[1]["hparams"] == {"gan.gp_weight": 10.0} and rows[0]["fid"] != rows[1]["fid"]
+  [copy] = (toy_population / "results").glob("evaluate_step*.json")  # For experiments.report.
+  assert json.loads(copy.read_text())["members"] == rows
+  assert copy.name == f"evaluate_step{rows[0]['step']:08d}.json"
+  report = run_cli("experiments.report", f"--workdir={toy_population}", f"--output={tmp_path}/r")
+  assert report.returncode == 0, report.stderr[-3000:]
+  assert f"| 10 | 1 | {rows[1]['fid']:.3g} |" in (tmp_path / "r" / "summary.md").read_text()
   bad = run_cli("experiments.evaluate", *args, f"--output={out}", "--member=7")
   assert_one_line_error(bad, "--member=7 is out of range")
 

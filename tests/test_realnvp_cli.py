@@ -48,6 +48,7 @@ def test_points_nll_matches_the_model_and_errors_are_one_line(toy_run, tmp_path)
   assert results["nll_nats_stderr"] == pytest.approx(np.std(log_p, ddof=1) / math.sqrt(50))
   assert results["bits_per_dim"] == pytest.approx(results["nll_nats"] / (2 * math.log(2)))
   assert (results["num_examples"], results["num_dims"], results["step"]) == (50, 2, 6)
+  assert json.loads((toy_run / "results" / "likelihood_step00000006.json").read_text()) == results
 
   np.save(tmp_path / "bad.npy", np.zeros((4, 3), np.float32))
   bad = run_cli(
