@@ -6,6 +6,7 @@ import json
 import logging as py_logging
 import os
 import sys
+import time
 from collections.abc import Callable
 
 from absl import app, flags, logging
@@ -191,7 +192,8 @@ def results_path(workdir: str, kind: str, step: int) -> str:
 
 
 def write_workdir_results(workdir: str, kind: str, step: int, results: dict) -> str:
-  """Writes ``results`` to :func:`results_path` (making ``results/``); returns the path.
+  """Writes ``results`` to :func:`results_path` (making ``results/``); returns the path. An earlier
+  file there is kept, renamed ``<name>.replaced-<UTC time>`` (a workdir loses nothing).
 
   Raises:
     UserError: the directory or the file cannot be written.
@@ -199,6 +201,9 @@ def write_workdir_results(workdir: str, kind: str, step: int, results: dict) -> 
   path = results_path(workdir, kind, step)
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    if os.path.exists(path):
+      stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+      os.replace(path, f"{path}.replaced-{stamp}")
   except OSError as e:
     raise UserError(f"cannot create {os.path.dirname(path)}: {e.strerror or e}") from None
   write_json(path, results, sort_keys=True)

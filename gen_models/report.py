@@ -33,7 +33,8 @@ MAKE_RESULTS = "python -m experiments.evaluate_disentanglement --workdir={workdi
 
 # Numeric columns of a results row that are settings or identities, not scores.
 _NOT_SCORES = frozenset(
-  {"member", "seed", "step", "dequantization_samples", "ties", "dataset", "name", "hparams"}
+  {"member", "seed", "metric_seed", "step", "dequantization_samples", "ties", "dataset", "name"}
+  | {"hparams"}
 )
 _FILE = re.compile(r"^(?P<kind>.+)_step(?P<step>\d+)\.json$")
 
