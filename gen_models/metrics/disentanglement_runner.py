@@ -151,6 +151,7 @@ def jax_codes(
   num_members: int | None,
   batch_size: int = 1024,
   vmap: bool | None = None,
+  timing: dict | None = None,
 ) -> CodesOf:
   """``codes_of`` from a family's ``encode(state, x (B, *shape)) -> (B, d)`` and a state.
 
@@ -171,6 +172,9 @@ def jax_codes(
     dataset: the ground-truth dataset.
     batch_size: observations per compiled call.
     vmap: see above; None chooses by the backend.
+    timing: if given, each call sets ``timing["observations"]``: the seconds spent making the
+      observations available (the table: rendering, reading and copying it to the device; or
+      ``dataset.observations`` on the host), the rest of the call being the encoder's.
 
   Returns:
     ``codes_of(factors (U, K), progress) -> (M, U, d)`` float32 numpy codes.
@@ -204,9 +208,12 @@ def jax_codes(
     n = len(factors)
     on_table = members_data.has_table(dataset) and hasattr(dataset, "index_of")
     on_table = on_table and 4 * n >= dataset.num_examples
+    spent = 0.0
     if on_table:
-      table = jax.device_put(dataset.table())
+      start = time.perf_counter()
+      table = jax.block_until_ready(jax.device_put(dataset.table()))
       index = dataset.index_of(factors).astype(np.int32)
+      spent += time.perf_counter() - start
     out, pending = [], collections.deque()
 
     def collect() -> None:
@@ -224,7 +231,9 @@ def jax_codes(
         rows[: stop - begin] = index[begin:stop]
         x = decode(table, rows)
       else:
+        start = time.perf_counter()
         obs = np.asarray(dataset.observations(factors[begin:stop]), np.float32)
+        spent += time.perf_counter() - start
         x = np.zeros((batch_size, *obs.shape[1:]), np.float32)
         x[: stop - begin] = obs
         x = jnp.asarray(x)
@@ -235,6 +244,8 @@ def jax_codes(
       collect()
     if progress is not None and n == 0:
       progress("encode", 0, 0)
+    if timing is not None:
+      timing["observations"] = spent
     return np.concatenate(out, axis=1) if out else np.zeros((len(states), 0, 0), np.float32)
 
   return codes_of
