@@ -209,6 +209,8 @@ def jax_codes(
     on_table = members_data.has_table(dataset) and hasattr(dataset, "index_of")
     on_table = on_table and 4 * n >= dataset.num_examples
     spent = 0.0
+    if progress is not None:
+      progress("encode", 0, n)  # Starts the clock of the ETA.
     if on_table:
       start = time.perf_counter()
       table = jax.block_until_ready(jax.device_put(dataset.table()))
@@ -242,8 +244,6 @@ def jax_codes(
         collect()
     while pending:
       collect()
-    if progress is not None and n == 0:
-      progress("encode", 0, 0)
     if timing is not None:
       timing["observations"] = spent
     return np.concatenate(out, axis=1) if out else np.zeros((len(states), 0, 0), np.float32)
