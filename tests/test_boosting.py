@@ -150,3 +150,39 @@ def test_degenerate_and_bad_input():
     boosting.fit_gradient_boosting(np.full((20, 3), np.nan), y)
   with pytest.raises(UserError, match="features"):
     model.predict(np.zeros((2, 4)))
+
+
+def test_left_sums_follow_the_criterion_updates():
+  """``RegressionCriterion.update``: forward from the previous candidate, or backward from the
+  end when that is shorter; checked against that loop, one addition at a time."""
+
+  def loop(ys, valid, total):
+    m = ys.shape[0]
+    out = np.zeros(m - 1)
+    pos, left = 0, 0.0
+    for p in np.flatnonzero(valid) + 1:
+      if p - pos <= m - p:
+        for i in range(pos, p):
+          left += ys[i]
+      else:
+        left = total
+        for i in range(m - 1, p - 1, -1):
+          left -= ys[i]
+      out[p - 1] = left
+      pos = p
+    return out
+
+  rng = np.random.default_rng(1)
+  for _ in range(300):
+    m = int(rng.integers(2, 30))
+    ys = rng.normal(size=m)
+    valid = rng.random(m - 1) < rng.random()
+    total = float(np.cumsum(ys[rng.permutation(m)])[-1])
+    expected = loop(ys, valid, total)
+    np.testing.assert_array_equal(
+      boosting._exact_left_sums(ys, valid, total)[valid], expected[valid]
+    )
+    (rows, cols), backward = boosting._gaps(valid[None])
+    np.testing.assert_array_equal(cols, np.flatnonzero(~valid))
+    if backward.shape[0] == 0:  # Unflagged rows may use the plain forward cumulative sum.
+      np.testing.assert_array_equal(np.cumsum(ys[:-1])[valid], expected[valid])

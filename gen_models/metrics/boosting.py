@@ -283,19 +283,22 @@ def _exact_left_sums(ys: np.ndarray, valid: np.ndarray, total: float) -> np.ndar
   return out
 
 
-def _backward_rows(valid: np.ndarray, gaps: np.ndarray) -> np.ndarray:
-  """Rows of ``valid (f, m − 1)`` (candidate positions ``p = 1 … m−1``) where the criterion
-  reaches some candidate ``p`` backward from the end: the jump from the previous candidate (or
-  0) is longer than ``m − p``. Only rows with ``gaps`` (non-candidates) can."""
-  rows = np.flatnonzero(gaps)
+def _gaps(valid: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+  """Non-candidate positions of ``valid (f, m − 1)`` (candidates ``p = 1 … m−1``) as
+  ``(rows, columns)``, and the rows where the criterion reaches some candidate ``p`` backward
+  from the end: the jump from the previous candidate (or 0) over a run of non-candidates is
+  longer than ``m − p``."""
+  rows, cols = np.nonzero(~valid)
   if rows.shape[0] == 0:
-    return rows
+    return (rows, cols), rows
   m = valid.shape[1] + 1
-  position = np.arange(1, m)
-  sub = valid[rows]
-  previous = np.maximum.accumulate(np.where(sub, position, 0), axis=1)
-  previous = np.concatenate([np.zeros((rows.shape[0], 1), previous.dtype), previous[:, :-1]], 1)
-  return rows[np.any(sub & (position - previous > m - position), axis=1)]
+  p = cols + 1
+  starts = np.ones(rows.shape[0], bool)
+  starts[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1] + 1)
+  ends = np.append(starts[1:], True)
+  after = p[ends] + 1  # The candidate after each run (if < m); before it: p[starts] − 1.
+  backward = (after < m) & (after - (p[starts] - 1) > m - after)
+  return (rows, cols), np.unique(rows[starts][backward])
 
 
 @dataclasses.dataclass
@@ -325,8 +328,7 @@ class _Data:
     self.root_valid = xs[:, 1:] > xs[:, :-1] + FEATURE_THRESHOLD
     self.root_xs = xs
     self.root_constant = xs[:, -1] <= xs[:, 0] + FEATURE_THRESHOLD
-    self.root_gaps = ~self.root_valid.all(axis=1)
-    self.root_backward = _backward_rows(self.root_valid, self.root_gaps)
+    self.root_gaps = _gaps(self.root_valid)
     self.counts = np.arange(1, n, dtype=np.float64)  # n_l at each position.
     self.counts_down = self.counts[::-1].copy()  # n − 1, …, 1: n_r = counts_down[n − m:].
     self.buffers = (np.empty((d, max(n - 1, 1))), np.empty((d, max(n - 1, 1))))
@@ -421,10 +423,11 @@ def _split_node(
   left_sum = data.buffers[0][:, : m - 1]
   np.cumsum(ys[:, :-1], axis=1, out=left_sum)
   if root:
-    gaps, backward = data.root_gaps, data.root_backward
+    gaps, backward = data.root_gaps
+  elif valid.all():
+    gaps, backward = (), ()
   else:
-    gaps = ~valid.all(axis=1)
-    backward = _backward_rows(valid, gaps)
+    gaps, backward = _gaps(valid)
   for r in backward:
     left_sum[r] = _exact_left_sums(ys[r], valid[r], total)
   n_l = data.counts[: m - 1]
@@ -437,8 +440,8 @@ def _split_node(
   np.multiply(left_sum, left_sum, out=proxy)
   np.divide(proxy, n_l, out=proxy)
   np.add(proxy, scratch, out=proxy)
-  if gaps.any():
-    proxy[gaps] = np.where(valid[gaps], proxy[gaps], -np.inf)
+  if len(gaps):
+    proxy[gaps] = -np.inf
   best_pos = np.argmax(proxy, axis=1)
   best_proxy = proxy[np.arange(d), best_pos]
   ev = np.asarray(evaluated)
