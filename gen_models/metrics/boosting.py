@@ -52,8 +52,19 @@ predictions and importances then still agree to rounding in all the cases tested
 agree with the C library's ``exp`` for the gradients to be bit-equal (it does on x86-64 without
 AVX-512; with AVX-512 numpy's own ``exp`` may differ in the last bit).
 
-Speed (:func:`benchmark`, 10,000 × 10 float32 codes, 40 classes, 100 stages, one core): see its
-docstring.
+Speed (:func:`benchmark`: 10,000 × 10 codes, 40 classes, 100 stages, one core of this machine,
+shared): 30 s here against 126 s for scikit-learn (measured on 10 stages, scaled), 4.2× (7.6 ms
+against 31.6 ms per tree). A whole DCI evaluation (113 trees per stage) then takes about 85 s
+instead of about 6 minutes. What is left is numpy's per-element cost: per tree and depth level,
+one gather, one sequential ``cumsum`` (which numpy does not vectorise) and six in-place
+elementwise passes over ``features × samples``, plus the stable partition of the per-feature
+orders; a sum in another order, or blocked, would change the bits of the proxies.
+
+Where scikit-learn 1.9.1 differs from older versions: the trees use the squared-error criterion
+(``friedman_mse`` is deprecated and mapped to it), whose proxy is ``S_l²/n_l + S_r²/n_r``; the
+threshold has no fallback for a midpoint that rounds to the upper value (the float64 halves of
+two float32 values always fall strictly between them); importances are averaged over trees, not
+summed per stage first (after the normalisation the two differ only by rounding).
 """
 
 from __future__ import annotations
@@ -626,7 +637,11 @@ def benchmark(
 ) -> dict[str, float]:  # fmt: skip
   """Seconds to fit ``n × d`` Gaussian codes with class-dependent means, ``n_classes`` classes,
   ``n_estimators`` stages: this module, and scikit-learn measured on ``sklearn_stages`` stages
-  and scaled (stages cost alike). Needs scikit-learn (not a dependency of the fit itself)."""
+  and scaled (stages cost alike). Needs scikit-learn (not a dependency of the fit itself).
+
+  Measured with the defaults (one shared core): ``{'ours_s': 30.3, 'sklearn_s': 126.5,
+  'speedup': 4.2}``.
+  """
   from sklearn.ensemble import GradientBoostingClassifier
 
   rng = np.random.default_rng(seed)
