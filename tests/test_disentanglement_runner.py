@@ -48,13 +48,14 @@ def test_members_equal_each_encoder_alone(seed):
   assert seconds["total"] >= seconds["encode"] + seconds["classifiers"]
 
 
-def test_one_worker_equals_many_and_metric_subsets_keep_their_values():
+def test_one_worker_threads_and_processes_agree_and_metric_subsets_keep_their_values():
   d = IdentityData()
   codes_of, _ = numpy_codes(ENCODERS[:1], d)
   a, _ = runner.evaluate_members(codes_of, d, seed=1, workers=1, **SIZES)
-  b, _ = runner.evaluate_members(codes_of, d, seed=1, workers=3, **SIZES)
+  b, _ = runner.evaluate_members(codes_of, d, seed=1, workers=3, processes=False, **SIZES)
+  p, _ = runner.evaluate_members(codes_of, d, seed=1, workers=2, processes=True, **SIZES)
   c, _ = runner.evaluate_members(codes_of, d, ("sap", "mig"), seed=1, **SIZES)
-  assert a == b
+  assert a == b == p
   assert c[0] == {k: v for k, v in a[0].items() if k.startswith(("sap/", "mig/"))}
 
 

@@ -23,6 +23,7 @@ since (logistic regression: liblinear one-vs-rest then, lbfgs multinomial now).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -116,8 +117,9 @@ class Draws:
 
 @dataclasses.dataclass(frozen=True)
 class Scoring:
-  """A metric's scores from codes: ``jobs``, independent thread-safe callables (the classifier
-  fits), and ``combine(their results, in order) -> scores``."""
+  """A metric's scores from codes: ``jobs``, independent callables without arguments (the
+  classifier fits; ``functools.partial`` of module functions, so that they can run in other
+  processes), and ``combine(their results, in order) -> scores``."""
 
   jobs: list[Callable[[], Any]]
   combine: Callable[[list], dict[str, float]]
@@ -248,7 +250,16 @@ def draw_mig(data, rng: np.random.Generator, num_train: int = 10_000) -> Draws:
 def score_mig(draws: Draws, codes: dict[str, np.ndarray], num_bins: int = 20) -> Scoring:
   """``{"mig": ...}`` of the codes of :func:`draw_mig`'s draws (one job)."""
   x, y = codes["train"], draws.factors["train"]
-  return Scoring([lambda: mig(x, y, num_bins)], lambda r: {"mig": r[0]})
+  return Scoring([functools.partial(mig, x, y, num_bins)], functools.partial(_named, "mig"))
+
+
+def _named(name: str, results: list) -> dict[str, float]:
+  """``{name: the one job's result}``."""
+  return {name: results[0]}
+
+
+def _first(results: list):
+  return results[0]
 
 
 def mig_score(
@@ -329,11 +340,18 @@ def score_beta_vae(draws: Draws, codes: dict[str, np.ndarray]) -> Scoring:
   x_eval = _pair_features(codes["eval_first"], codes["eval_second"], b)
   y_train, y_eval = draws.extra["train_labels"], draws.extra["eval_labels"]
 
-  def fit() -> tuple[float, float]:
-    model = _logistic_regression(seed).fit(x_train, y_train)
-    return _accuracy(model, x_train, y_train), _accuracy(model, x_eval, y_eval)
+  job = functools.partial(_beta_vae_fit, seed, x_train, y_train, x_eval, y_eval)
+  return Scoring([job], _train_eval)
 
-  return Scoring([fit], lambda r: {"train_accuracy": r[0][0], "eval_accuracy": r[0][1]})
+
+def _beta_vae_fit(seed: int, x_train, y_train, x_eval, y_eval) -> tuple[float, float]:
+  """The β-VAE metric's logistic regression: its training and evaluation accuracies."""
+  model = _logistic_regression(seed).fit(x_train, y_train)
+  return _accuracy(model, x_train, y_train), _accuracy(model, x_eval, y_eval)
+
+
+def _train_eval(results: list) -> dict[str, float]:
+  return {"train_accuracy": results[0][0], "eval_accuracy": results[0][1]}
 
 
 def beta_vae_score(
@@ -408,24 +426,45 @@ def score_factor_vae(
   """``{"train_accuracy", "eval_accuracy", "num_active_dims"}`` from the codes of
   :func:`draw_factor_vae`'s draws (one job)."""
   e = draws.extra
+  job = functools.partial(
+    _factor_vae_accuracy,
+    codes["variance"],
+    codes["train"],
+    codes["eval"],
+    e["train_labels"],
+    e["eval_labels"],
+    e["batch_size"],
+    e["num_factors"],
+    prune_threshold,
+  )
+  return Scoring([job], _first)
 
-  def votes_and_accuracy() -> dict[str, float]:
-    variance = np.var(codes["variance"], axis=0, ddof=1)
-    active = np.sqrt(variance) >= prune_threshold
-    if not active.any():
-      return {"train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0}
-    common = (e["batch_size"], e["num_factors"], variance, active)
-    train = _factor_vae_votes(codes["train"], e["train_labels"], *common)
-    classifier = np.argmax(train, axis=0)  # (d,): the factor each dimension stands for.
-    cols = np.arange(train.shape[1])
-    evaluation = _factor_vae_votes(codes["eval"], e["eval_labels"], *common)
-    return {
-      "train_accuracy": float(train[classifier, cols].sum() / train.sum()),
-      "eval_accuracy": float(evaluation[classifier, cols].sum() / evaluation.sum()),
-      "num_active_dims": int(active.sum()),
-    }
 
-  return Scoring([votes_and_accuracy], lambda r: r[0])
+def _factor_vae_accuracy(
+  variance_codes,
+  train_codes,
+  eval_codes,
+  train_labels,
+  eval_labels,
+  batch_size,
+  num_factors,
+  prune_threshold,
+) -> dict[str, float]:
+  """The FactorVAE metric's votes and accuracies (:func:`factor_vae_score`)."""
+  variance = np.var(variance_codes, axis=0, ddof=1)
+  active = np.sqrt(variance) >= prune_threshold
+  if not active.any():
+    return {"train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0}
+  common = (batch_size, num_factors, variance, active)
+  train = _factor_vae_votes(train_codes, train_labels, *common)
+  classifier = np.argmax(train, axis=0)  # (d,): the factor each dimension stands for.
+  cols = np.arange(train.shape[1])
+  evaluation = _factor_vae_votes(eval_codes, eval_labels, *common)
+  return {
+    "train_accuracy": float(train[classifier, cols].sum() / train.sum()),
+    "eval_accuracy": float(evaluation[classifier, cols].sum() / evaluation.sum()),
+    "num_active_dims": int(active.sum()),
+  }
 
 
 def factor_vae_score(
@@ -504,22 +543,27 @@ def _dci_scoring(codes_train, factors_train, codes_test, factors_test, seed: int
       f"dci needs at least 2 factors and 2 code dimensions, got {y.shape[1]}, {x.shape[1]}"
     )
 
-  def fit(k: int) -> tuple[np.ndarray, float, float]:
-    model = boosting.fit_gradient_boosting(x, y[:, k], seed=seed)
-    importance = np.abs(model.feature_importances)
-    return importance, _accuracy(model, x, y[:, k]), _accuracy(model, x_test, y_test[:, k])
+  jobs = [
+    functools.partial(_dci_fit, seed, x, y[:, k], x_test, y_test[:, k]) for k in range(y.shape[1])
+  ]
+  return Scoring(jobs, _dci_combine)
 
-  def combine(results: list) -> dict[str, float]:
-    importance = np.stack([r[0] for r in results], axis=1)  # (d, K)
-    disentanglement, completeness = dci_from_importance(importance)
-    return {
-      "disentanglement": disentanglement,
-      "completeness": completeness,
-      "informativeness_train": float(np.mean([r[1] for r in results])),
-      "informativeness_test": float(np.mean([r[2] for r in results])),
-    }
 
-  return Scoring([lambda k=k: fit(k) for k in range(y.shape[1])], combine)
+def _dci_fit(seed: int, x, y, x_test, y_test) -> tuple[np.ndarray, float, float]:
+  """One factor's trees: its importance column ``(d,)``, train and test accuracy."""
+  model = boosting.fit_gradient_boosting(x, y, seed=seed)
+  return np.abs(model.feature_importances), _accuracy(model, x, y), _accuracy(model, x_test, y_test)
+
+
+def _dci_combine(results: list) -> dict[str, float]:
+  importance = np.stack([r[0] for r in results], axis=1)  # (d, K)
+  disentanglement, completeness = dci_from_importance(importance)
+  return {
+    "disentanglement": disentanglement,
+    "completeness": completeness,
+    "informativeness_train": float(np.mean([r[1] for r in results])),
+    "informativeness_test": float(np.mean([r[2] for r in results])),
+  }
 
 
 def dci(
@@ -627,14 +671,19 @@ def _sap_jobs(x, y, x_test, y_test, seed: int) -> list[Callable[[], np.ndarray]]
   """One job per factor ``f``: column ``S[:, f] (d,)``, the test accuracies of the linear SVMs
   predicting factor ``f`` from each code alone."""
 
-  def column(f: int) -> np.ndarray:
-    out = np.zeros(x.shape[1])
-    for j in range(x.shape[1]):
-      model = _linear_svm(seed).fit(x[:, j : j + 1], y[:, f])
-      out[j] = _accuracy(model, x_test[:, j : j + 1], y_test[:, f])
-    return out
+  return [
+    functools.partial(_sap_column, seed, x, y[:, f], x_test, y_test[:, f])
+    for f in range(y.shape[1])
+  ]
 
-  return [lambda f=f: column(f) for f in range(y.shape[1])]
+
+def _sap_column(seed: int, x, y, x_test, y_test) -> np.ndarray:
+  """``(d,)``: the test accuracy of a linear SVM predicting ``y`` from each code alone."""
+  out = np.zeros(x.shape[1])
+  for j in range(x.shape[1]):
+    model = _linear_svm(seed).fit(x[:, j : j + 1], y)
+    out[j] = _accuracy(model, x_test[:, j : j + 1], y_test)
+  return out
 
 
 def sap_matrix(
@@ -710,7 +759,11 @@ def score_sap(draws: Draws, codes: dict[str, np.ndarray]) -> Scoring:
   if checked[0].shape[1] < 2:
     raise UserError(f"sap needs at least 2 code dimensions for a gap, got {checked[0].shape[1]}")
   jobs = _sap_jobs(*checked, draws.extra["model_seed"])
-  return Scoring(jobs, lambda r: {"sap": _sap_gap(np.stack(r, axis=1))})
+  return Scoring(jobs, _sap_combine)
+
+
+def _sap_combine(results: list) -> dict[str, float]:
+  return {"sap": _sap_gap(np.stack(results, axis=1))}
 
 
 def sap_score(

@@ -16,7 +16,8 @@ posterior mean is); it differs in how the work is done:
    when it has one, every member per batch).
 3. **The classifiers in parallel.** Each metric's scoring is a list of independent jobs (one
    per factor for DCI and SAP; :class:`disentanglement.Scoring`); the jobs of every member and
-   metric run in a thread pool (scikit-learn's solvers release the GIL).
+   metric run in a pool of worker processes (DCI's numpy trees hold the GIL too often for
+   threads: measured 89 s of classifiers for one member with 2 threads, no faster than one).
 
 Progress (encoding, then the classifiers) goes to ``progress(label, done, total)``
 (:class:`gen_models.logs.ProgressBar` draws it with an ETA), and the seconds of each phase are
@@ -27,7 +28,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -37,6 +40,7 @@ from gen_models.errors import UserError
 from gen_models.metrics import disentanglement as dis
 
 Progress = Callable[[str, int, int], None]
+PROCESSES_FROM = 100_000  # Factor vectors drawn from which the classifiers run in processes.
 # ``codes_of(factors (U, K) int64, progress) -> codes (M, U, d)``: every member's codes of the
 # observations of ``factors``.
 CodesOf = Callable[[np.ndarray, Progress | None], np.ndarray]
@@ -75,6 +79,7 @@ def evaluate_members(
   num_eval: int | None = None,
   workers: int | None = None,
   progress: Progress | None = None,
+  processes: bool | None = None,
 ) -> tuple[list[dict[str, float]], dict[str, float]]:
   """The named metrics of every member of ``codes_of``.
 
@@ -82,8 +87,12 @@ def evaluate_members(
     codes_of: every member's codes of given factor vectors (:data:`CodesOf`); ``M`` members.
     data: the ground-truth dataset (:mod:`gen_models.metrics.disentanglement`'s interface).
     metrics, seed, num_train, num_eval: as :func:`disentanglement.draw`.
-    workers: threads for the classifier jobs (default: :func:`default_workers`).
+    workers: parallel classifier jobs (default: :func:`default_workers`); 1 runs them here.
     progress: ``progress(label, done, total)`` for the encoding and the classifiers.
+    processes: run the jobs in worker processes (numpy-bound jobs such as DCI's trees hold the
+      GIL too often for threads to run them in parallel) rather than threads; None: processes
+      when at least :data:`PROCESSES_FROM` factor vectors are drawn (the published sizes draw
+      2.9 million), threads for small evaluations, where starting processes costs more.
 
   Returns:
     ``(scores, seconds)``: per member ``{"<metric>/<score>": value}`` (as
@@ -112,7 +121,10 @@ def evaluate_members(
     for d in draws:
       member_codes = {name: codes[m, inverse[(d.metric, name)]] for name in d.factors}
       scorings.append((m, d.metric, dis.SCORE[d.metric](d, member_codes)))
-  results = _run_jobs(scorings, workers or default_workers(), progress)
+  workers = workers or default_workers()
+  if processes is None:  # Small evaluations (tests, smoke runs) are not worth starting processes.
+    processes = drawn >= PROCESSES_FROM
+  results = _run_jobs(scorings, workers, processes, progress)
   scores = [{} for _ in range(codes.shape[0])]
   for (m, metric, _), out in zip(scorings, results, strict=True):
     scores[m].update({f"{metric}/{k}": v for k, v in out.items()})
@@ -128,19 +140,47 @@ def evaluate_members(
   return scores, seconds
 
 
-def _run_jobs(scorings, workers: int, progress: Progress | None) -> list[dict[str, float]]:
-  """Every scoring's jobs in a pool of ``workers`` threads; each scoring's combined scores."""
+def _pool(workers: int, processes: bool) -> concurrent.futures.Executor:
+  """Processes (``forkserver``: children that do not inherit this process's threads, e.g.
+  JAX's) or threads."""
+  if not (processes and _main_importable()):
+    return concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+  methods = multiprocessing.get_all_start_methods()
+  context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+  return concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context)
+
+
+def _main_importable() -> bool:
+  """Can worker processes import ``__main__`` (they do): a module, a script file, or none (an
+  interactive session)? Not a program read from stdin or ``-c``."""
+  main = sys.modules.get("__main__")
+  if getattr(main, "__spec__", None) is not None:
+    return True
+  path = getattr(main, "__file__", None)
+  return path is None or os.path.isfile(path)
+
+
+def _run_jobs(scorings, workers: int, processes: bool, progress) -> list[dict[str, float]]:
+  """Every scoring's jobs in a pool of ``workers``; each scoring's combined scores. The most
+  expensive jobs (DCI's trees) are submitted first, so that none starts last."""
   jobs = [(i, j, job) for i, (_, _, s) in enumerate(scorings) for j, job in enumerate(s.jobs)]
+  jobs.sort(key=lambda t: scorings[t[0]][1] != "dci")
   results = [[None] * len(s.jobs) for _, _, s in scorings]
   if progress is not None:
     progress("classifiers", 0, len(jobs))
-  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-    futures = {pool.submit(job): (i, j) for i, j, job in jobs}
-    for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
-      i, j = futures[future]
-      results[i][j] = future.result()
+  if workers <= 1:
+    for done, (i, j, job) in enumerate(jobs, start=1):
+      results[i][j] = job()
       if progress is not None:
         progress("classifiers", done, len(jobs))
+  else:
+    with _pool(workers, processes) as pool:
+      futures = {pool.submit(job): (i, j) for i, j, job in jobs}
+      for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
+        i, j = futures[future]
+        results[i][j] = future.result()
+        if progress is not None:
+          progress("classifiers", done, len(jobs))
   return [s.combine(r) for (_, _, s), r in zip(scorings, results, strict=True)]
 
 
