@@ -87,6 +87,8 @@ def _check_sizes() -> None:
       raise UserError(f"--{flag.name} must be >= 2, got {flag.value}")
   if _BATCH_SIZE.value < 1:
     raise UserError(f"--batch_size must be >= 1, got {_BATCH_SIZE.value}")
+  if _WORKERS.value is not None and _WORKERS.value < 1:
+    raise UserError(f"--workers must be >= 1, got {_WORKERS.value}")
 
 
 def _dataset(config, workdir: str):

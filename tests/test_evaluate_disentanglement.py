@@ -82,6 +82,7 @@ def test_padding_does_not_change_codes(vae_run):
   ("flags", "fragments"),
   [
     (["--metrics=mig,irs"], ["--metrics", "irs", "beta_vae"]),
+    (["--workers=0"], ["--workers", ">= 1"]),
     (["--dataset=8gaussians"], ["'8gaussians'", "no ground-truth factors", "dsprites_procedural"]),
     (["--dataset=dsprites", "--data_dir=/nonexistent"], ["not prepared", "prepare_data dsprites"]),
   ],
