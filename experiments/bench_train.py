@@ -30,6 +30,13 @@ without the input pipeline (``experiments.bench_input`` measures that).
   ``n_critic`` is 1 and ``gen_steps_per_s`` counts VAE updates.
 * ``flow``: ``experiments/configs/realnvp_toy.py`` (10 MLP couplings with ActNorm, batch 256) on
   the 2-D ``8gaussians_wide`` batches; one Adam step on the NLL per train step (``n_critic`` 1).
+* ``realnvp_cifar10``, ``realnvp_cifar10_bf16``: ``experiments/configs/realnvp_cifar10.py`` (the
+  paper's multi-scale flow with the reference code's s/t ResNets, 8 blocks of 64 and 128
+  features, batch 64), its s/t nets computing in float32 and in bfloat16 (``:bfloat16``; the
+  likelihood's arithmetic is float32 in both), on random 8-bit images; one Adam step on
+  bits/dim per train step (``n_critic`` 1). No PyTorch peer (``NO_TORCH_PEER``: ``ratio`` is
+  empty) and one ``conv_impl`` row (the config's: its convs are all stride 1, where every
+  ``conv_impl`` is the same program). Meant for accelerators: one CPU step takes many seconds.
 
 **Layers** (``--layers``): forward + backward (gradients of ``Σ y²`` with respect to the input
 and the kernel) of every stride-2 conv shape of the DCGAN and β-VAE nets at batch 64, for
@@ -89,7 +96,20 @@ CONFIGS = {
     {"default": (20, 2), "cpu": (2, 1)},
   ),
   "flow": ("realnvp_toy", (2,), {"default": (200, 10)}),
+  "realnvp_cifar10": ("realnvp_cifar10", (32, 32, 3), {"default": (20, 2), "cpu": (2, 1)}),
+  "realnvp_cifar10_bf16": (
+    "realnvp_cifar10:bfloat16",
+    (32, 32, 3),
+    {"default": (20, 2), "cpu": (2, 1)},
+  ),
 }
+# Configs without a PyTorch eager peer (experiments/torch_peers.py has RealNVP on points only):
+# their rows have no ratio.
+NO_TORCH_PEER = ("realnvp_cifar10", "realnvp_cifar10_bf16")
+# Configs whose nets have only stride-1 convs: every conv_impl is the same program, one row.
+STRIDE_ONE = ("realnvp_cifar10", "realnvp_cifar10_bf16")
+# Configs with one Adam step per train step (no critic loop).
+NO_CRITIC_LOOP = ("vae", "flow", "realnvp_cifar10", "realnvp_cifar10_bf16")
 CONV_IMPLS = ("auto", "xla", "space_to_depth", "subpixel", "phases")
 LOOPS = ("scan", "unrolled")
 POOL = 4  # Distinct device-resident batches cycled through by the timed loop.
@@ -232,7 +252,7 @@ def _batches(name: str, config, shape, n_critic: int) -> list[np.ndarray]:
   size = (n_critic, config.batch_size, *shape)
   if name == "vae":  # Binary images, as dSprites.
     return [(rng.random(size) < 0.1).astype(np.float32) for _ in range(POOL)]
-  if name.startswith("resnet"):  # 8-bit images, as the dequantisation expects.
+  if name.startswith(("resnet", "realnvp")):  # 8-bit images, as the dequantisation expects.
     return [(rng.integers(0, 256, size) / 127.5 - 1).astype(np.float32) for _ in range(POOL)]
   return [rng.standard_normal(size, dtype=np.float32) for _ in range(POOL)]
 
@@ -295,7 +315,10 @@ def _model_flops(name: str, spec: dict) -> dict:
   family = models.make_family(config, shape)
   state = jax.eval_shape(family.init, jax.random.key(config.seed))
   batch = jax.ShapeDtypeStruct((family.batches_per_step, config.batch_size, *shape), np.float32)
-  compute_dtype = config.gan.compute_dtype if "gan" in config else "float32"
+  compute_dtype = "float32"
+  for family_key in ("gan", "flow"):
+    if family_key in config:
+      compute_dtype = config[family_key].get("compute_dtype", "float32")
   return {
     "model_flops": hardware.flops(family.train_step, state, batch),
     "compute_dtype": compute_dtype,
@@ -489,10 +512,10 @@ def _step_rows(name: str, tmp: str) -> list[dict]:
   steps = _STEPS.value if _STEPS.value is not None else steps
   warmup = _WARMUP.value if _WARMUP.value is not None else warmup
   common = {"config": name, "steps": steps, "warmup": warmup, "batch_size": _BATCH_SIZE.value}
-  impls = _CONV_IMPLS.value if len(CONFIGS[name][1]) == 3 else ["-"]
-  loops = _LOOPS.value if name not in ("vae", "flow") else ["-"]
+  impls = _CONV_IMPLS.value if len(CONFIGS[name][1]) == 3 and name not in STRIDE_ONE else ["-"]
+  loops = _LOOPS.value if name not in NO_CRITIC_LOOP else ["-"]
   specs = []
-  if _TORCH.value:
+  if _TORCH.value and name not in NO_TORCH_PEER:
     specs.append({"worker": "torch_step", **common, **_torch_spec()})
   for impl in impls:
     for loop in loops:

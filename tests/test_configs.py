@@ -143,11 +143,16 @@ def test_realnvp_toy_smoke(arg, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["realnvp_cifar10", "realnvp_mnist"])
-def test_realnvp_image_smoke(name, tmp_path):
+@pytest.mark.parametrize(
+  ("name", "arg"),
+  [("realnvp_cifar10", "smoke"), ("realnvp_mnist", "smoke"), ("realnvp_cifar10", "bfloat16,smoke")],
+)
+def test_realnvp_image_smoke(name, arg, tmp_path):
   """The paper's multi-scale flow (tiny nets) on mock images: bits/dim logged, samples are
-  images in [−1, 1] of the dataset's 32×32 (MNIST's 2-pixel border padded back)."""
-  config, final = _smoke(name, "smoke", tmp_path)
+  images in [−1, 1] of the dataset's 32×32 (MNIST's 2-pixel border padded back); with
+  ``bfloat16`` its s/t nets compute in bfloat16."""
+  config, final = _smoke(name, arg, tmp_path)
+  assert config.flow.compute_dtype == ("bfloat16" if "bfloat16" in arg else "float32")
   assert {"bits_per_dim", "eval/bits_per_dim", "eval/nll"} <= set(final)
   d = 28 * 28 if name.endswith("mnist") else 32 * 32 * 3
   assert final["eval/bits_per_dim"] == pytest.approx(final["eval/nll"] / (d * np.log(2)))
@@ -158,3 +163,17 @@ def test_realnvp_image_smoke(name, tmp_path):
   full = importlib.import_module(f"experiments.configs.{name}").get_config()
   assert (full.batch_size, full.optimizer.learning_rate, full.flow.l2) == (64, 1e-3, 5e-5)
   assert (full.flow.resnet_blocks, full.flow.resnet_features, full.flow.num_scales) == (8, 64, 2)
+
+
+@pytest.mark.parametrize("name", ["realnvp_cifar10", "realnvp_mnist"])
+def test_realnvp_bfloat16_argument(name):
+  """``:bfloat16`` sets only ``flow.compute_dtype``, alone and with ``smoke``."""
+  from gen_models import config as config_lib
+
+  module = importlib.import_module(f"experiments.configs.{name}")
+  for arg, plain in (("bfloat16", None), ("bfloat16,smoke", "smoke"), ("smoke,bfloat16", "smoke")):
+    config = config_lib.validate(module.get_config(arg))
+    assert config.flow.compute_dtype == "bfloat16"
+    want = config_lib.validate(module.get_config(plain))
+    want.flow.compute_dtype = "bfloat16"
+    assert config == want, arg

@@ -20,7 +20,9 @@ CIFAR-10 pipeline). What still differs is listed in docs/FLOWS.md.
 Steps: neither the paper nor the code gives a number of training steps (the code's
 ``--train_steps`` has no meaningful default); 500,000 (MNIST 100,000) is our choice, without a
 source. Needs the prepared TFDS dataset (``--config.dataset.data_dir=DIR``). ``:smoke`` is tiny
-(mock data in tests).
+(mock data in tests). ``:bfloat16`` computes the s/t nets in bfloat16 (GPU/TPU; the coupling
+arithmetic, log-determinants and bits/dim stay float32: ``flow.compute_dtype``, docs/FLOWS.md).
+Arguments combine: ``:bfloat16,smoke``.
 """
 
 from experiments.configs.common import parse_arg
@@ -28,7 +30,7 @@ from gen_models.models import realnvp
 
 
 def get_config(arg: str | None = None, dataset: str = "cifar10"):
-  args = parse_arg(arg, smoke=False)
+  args = parse_arg(arg, smoke=False, bfloat16=False)
   c = realnvp.default_config()
   c.dataset.name = dataset
   c.batch_size = 64
@@ -57,6 +59,8 @@ def get_config(arg: str | None = None, dataset: str = "cifar10"):
   c.sample_every_steps = 5000
   c.checkpoint_every_steps = 5000
   c.eval.num_image_samples = 100
+  if args["bfloat16"]:
+    c.flow.compute_dtype = "bfloat16"
   if args["smoke"]:
     c.batch_size = 8
     c.flow.resnet_blocks = 0

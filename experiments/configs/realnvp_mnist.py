@@ -4,7 +4,8 @@ The dataset pads MNIST to 32×32; ``flow.crop = 2`` removes the padding before t
 bits/dim are over the 784 original pixels (FFJORD tabulates RealNVP at 1.06 bits/dim). Two
 scales on 28×28 (28 → 14 after the squeeze). No horizontal flips (digits are not symmetric; the
 paper has no MNIST run). 100,000 steps: our choice, without a source (neither the paper nor the
-reference code gives one). ``:smoke`` is tiny (mock data in tests).
+reference code gives one). ``:smoke`` is tiny (mock data in tests); ``:bfloat16`` as in
+``realnvp_cifar10.py`` (the s/t nets in bfloat16).
 """
 
 from experiments.configs import realnvp_cifar10

@@ -69,6 +69,22 @@ plus ``l2 · Σ w²`` over the weights (kernels) of the s/t nets, or over the sc
 negative log-likelihood in nats per example, ``−E_b log p(x_b)``, as their loss.
 
 ``sample(z)`` runs the inverse on ``z ~ N(0, T² I)`` (temperature ``T``), in evaluation mode.
+
+bfloat16 (``flow.compute_dtype``, for accelerators): the s/t networks compute in bfloat16
+(their convs or dense layers, the batch norms inside them, their activations); their
+parameters stay float32 and are cast for the products, and their outputs ``s_raw`` and ``t``
+are cast back to float32 before the tanh. Everything that decides the likelihood is float32:
+the coupling arithmetic ``y = x ⊙ exp(s) + t`` and its inverse, every log-determinant and their
+sums, the normalisation layers, the logit transform, the prior's ``log N(z; 0, I)``, bits/dim,
+the batch-norm statistics and running averages (flax computes them in float32 from bfloat16
+activations), the weight-norm kernels ``g·v/‖v‖``, the L2 term, gradient clipping and Adam.
+Why this split is exact: a coupling's Jacobian is triangular whatever function ``s(b ⊙ x)``
+and ``t(b ⊙ x)`` are, so ``log|det| = Σ (1 − b) s`` holds exactly for the bfloat16 nets too (they
+change the model, not the correctness of its density); but ``y`` itself in bfloat16 would round
+every transformed value to 8 significant bits (the map would no longer be a bijection of the
+reals it is evaluated on), and sums of ``D`` log-det terms in bfloat16 would lose nats. The
+bits/dim of a bfloat16 run (what the paper reports) is thus the exact likelihood of the model it
+trained: evaluation uses the same bfloat16 nets, with float32 around them.
 """
 
 from __future__ import annotations
@@ -77,6 +93,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -96,6 +113,9 @@ from gen_models.train_state import TrainState, apply_gradients
 
 NORMALIZATIONS = ("batchnorm", "actnorm", "none", "transformed_batchnorm")
 L2_PARAMS = ("kernels", "scales")
+# flow.compute_dtype → the s/t nets' flax ``dtype``. None: the dtype of their inputs and
+# parameters, float32 in training (float64 in the float64 tests): exactly the nets without one.
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 LN2, LN256 = math.log(2.0), math.log(256.0)
 
 
@@ -138,6 +158,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.flow.crop = 0  # Images: pixels cropped from each border before the flow (MNIST: 2).
   c.flow.temperature = 1.0  # Of the sample PNGs.
   c.flow.num_eval_points = 10_000  # Held-out examples of each evaluation.
+  # Of the s/t nets: "float32" or "bfloat16"; the likelihood's arithmetic stays float32.
+  c.flow.compute_dtype = "float32"
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 1e-3
   c.optimizer.b1 = 0.9
@@ -249,6 +271,10 @@ class AffineCoupling(nn.Module):
   The s/t net is an MLP (``hidden``) for vectors, a ResNet (``features``, ``blocks``,
   ``options``) for images; its zero-initialised last layer makes the coupling start as the
   identity (with ``options.out_norm``: the identity followed by the batch norm).
+
+  ``dtype``: the compute dtype of the s/t net (``COMPUTE_DTYPES``; None: its input's); the net's
+  input (with its input batch norm) and its outputs ``s_raw, t``, cast back, are in the dtype of
+  ``x``, and so is everything else of the coupling (module docstring, "bfloat16").
   """
 
   kind: str
@@ -258,10 +284,11 @@ class AffineCoupling(nn.Module):
   blocks: int = 8
   impl: str = "auto"
   options: Coupling = Coupling()
+  dtype: Any = None
 
   def _net(self, out: int) -> nn.Module:
     if self.kind == "vector":
-      return MLP(tuple(self.hidden), out, zero_last=True, name="net")
+      return MLP(tuple(self.hidden), out, zero_last=True, dtype=self.dtype, name="net")
     o = self.options
     return ResNet(
       self.features,
@@ -273,11 +300,13 @@ class AffineCoupling(nn.Module):
       batch_norm=o.batch_norm,
       skip=o.skip,
       out_kernel=o.out_kernel,
+      dtype=self.dtype,
       name="net",
     )
 
   def _s_t(self, cond: jax.Array, out: int, train: bool) -> tuple[jax.Array, jax.Array]:
-    h = self._net(2 * out)(cond, train)
+    """``(s, t)`` in the dtype of ``cond`` (the coupling's), whatever the net computes in."""
+    h = self._net(2 * out)(cond, train).astype(cond.dtype)
     scale = self.param("scale", nn.initializers.ones_init(), (out,))
     return scale * jnp.tanh(h[..., :out]), h[..., out:]
 
@@ -424,7 +453,8 @@ class Spec:
   built (``coupling``). ``double_features``: the s/t nets of scale ``k`` have ``features · 2^k``
   channels, those of its channel couplings twice that (the reference code's widths).
   ``squeeze_layout``: :func:`squeeze`'s channel order, and with ``"reference"`` the factor-out of
-  the reference code (:func:`reorder`)."""
+  the reference code (:func:`reorder`). ``compute_dtype``: of the s/t nets, a key of
+  ``COMPUTE_DTYPES`` (module docstring, "bfloat16")."""
 
   shape: tuple[int, ...]
   normalization: str = "batchnorm"
@@ -439,6 +469,7 @@ class Spec:
   coupling: Coupling = Coupling()
   double_features: bool = False
   squeeze_layout: str = "position_major"
+  compute_dtype: str = "float32"
 
   @property
   def is_image(self) -> bool:
@@ -496,7 +527,15 @@ class RealNVP(nn.Module):
       epsilon=spec.bn_epsilon,
     )
     return AffineCoupling(
-      kind, parity, spec.hidden, features, spec.blocks, spec.impl, options, name=flat
+      kind,
+      parity,
+      spec.hidden,
+      features,
+      spec.blocks,
+      spec.impl,
+      options,
+      COMPUTE_DTYPES[spec.compute_dtype],
+      name=flat,
     )
 
   def latent_shapes(self) -> list[tuple[int, ...]]:
@@ -886,6 +925,7 @@ def bind(config: ml_collections.ConfigDict, example_shape: tuple[int, ...]) -> B
     ("flow.st_input", f.st_input, ST_INPUTS),
     ("flow.l2_params", f.l2_params, L2_PARAMS),
     ("flow.squeeze_layout", f.squeeze_layout, SQUEEZE_LAYOUTS),
+    ("flow.compute_dtype", f.compute_dtype, tuple(COMPUTE_DTYPES)),
   ):
     if value not in known:
       raise UserError(f"unknown {key} {value!r}; known: {', '.join(known)}")
@@ -933,6 +973,7 @@ def bind(config: ml_collections.ConfigDict, example_shape: tuple[int, ...]) -> B
     ),
     double_features=bool(f.double_features),
     squeeze_layout=f.squeeze_layout,
+    compute_dtype=f.compute_dtype,
   )
   prep = Preprocess(image=image, alpha=float(f.alpha), crop=int(f.crop) if image else 0)
   return Bound(RealNVP(spec), prep)

@@ -8,6 +8,7 @@ last width ``out``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -18,17 +19,19 @@ class MLP(nn.Module):
 
   ``zero_last``: the last layer's kernel and bias start at zero, so the output is 0 at init.
   ``train`` is accepted and unused (no batch statistics), so that it takes the call of every
-  family's nets (the WGAN-GP toy nets, RealNVP's vector couplings).
+  family's nets (the WGAN-GP toy nets, RealNVP's vector couplings). ``dtype``: the compute
+  dtype of the layers (``None``: float32; parameters are float32 either way), also the output's.
   """
 
   hidden: Sequence[int]
   out: int
   zero_last: bool = False
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
     for width in self.hidden:
-      x = nn.relu(nn.Dense(width)(x))
+      x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
     init = nn.initializers.zeros_init() if self.zero_last else nn.initializers.lecun_normal()
-    return nn.Dense(self.out, kernel_init=init)(x)
+    return nn.Dense(self.out, kernel_init=init, dtype=self.dtype)(x)

@@ -200,6 +200,9 @@ class ResNet(nn.Module):
     summed; the sum, not the last block's output, goes to the output layer.
   * ``out_kernel``: the output conv's size (the reference's 1; 3 by default).
 
+  ``dtype``: the compute dtype of every conv and norm (``None``: float32); parameters,
+  weight-norm kernels and batch-norm statistics are float32. The output is in ``dtype``.
+
   ``(B, H, W, C_in)`` → ``(B, H, W, out)``.
   """
 
@@ -212,23 +215,34 @@ class ResNet(nn.Module):
   batch_norm: bool = False
   skip: bool = False
   out_kernel: int = 3
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    f = self.features
+    f, dtype = self.features, self.dtype
 
     def conv(features, size=3, scale=True, bias=True, zero=False):
       if self.weight_norm:
-        return WeightNormConv(features, (size, size), scale, bias, zero, impl=self.impl)
+        return WeightNormConv(
+          features, (size, size), scale, bias, zero, impl=self.impl, dtype=dtype
+        )
       init = nn.initializers.zeros_init() if zero else nn.initializers.lecun_normal()
       return Conv(
-        features, (size, size), padding="SAME", use_bias=bias, kernel_init=init, impl=self.impl
+        features,
+        (size, size),
+        padding="SAME",
+        use_bias=bias,
+        kernel_init=init,
+        impl=self.impl,
+        dtype=dtype,
       )
 
     def norm(h):
       if not self.batch_norm:
         return h
-      bn = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-4, use_scale=False)
+      bn = nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-4, use_scale=False, dtype=dtype
+      )
       return bn(h)
 
     h = conv(f, scale=False)(x)

@@ -14,13 +14,17 @@ real_nvp_utils.py``): ``v ~ U(−a, a)`` with ``a = √(2 / C_in)``, ``g_o = a �
 / 12)``, ``b = 0``. ``zero_scale``: ``g = 0`` instead, so that the layer starts at ``y = b = 0``
 (the identity start of a flow's coupling; ``v`` may not be zero, its norm divides).
 
-Parameters: ``v (k_h, k_w, C_in, features)``, ``g (features,)``, ``bias (features,)``.
+Parameters: ``v (k_h, k_w, C_in, features)``, ``g (features,)``, ``bias (features,)``, float32.
+``dtype`` is the compute dtype of the convolution and the bias add (``None``: float32, from the
+input and parameters); the kernel ``g · v / ‖v‖`` is always computed in float32 (the norm and the
+scale ``g``), then cast.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -46,6 +50,7 @@ class WeightNormConv(nn.Module):
   use_bias: bool = True
   zero_scale: bool = False
   impl: str = "auto"
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -61,8 +66,8 @@ class WeightNormConv(nn.Module):
     if self.use_scale:
       g0 = 0.0 if self.zero_scale else a * math.sqrt(c_in * kh * kw / 12.0)
       g = self.param("g", nn.initializers.constant(g0), (self.features,))
-    x, kernel = nn.dtypes.promote_dtype(x, weight_norm_kernel(v, g))
+    x, kernel = nn.dtypes.promote_dtype(x, weight_norm_kernel(v, g), dtype=self.dtype)
     y = conv2d(x, kernel, (1, 1), "SAME", self.impl)
     if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,))
+      y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,)).astype(y.dtype)
     return y
