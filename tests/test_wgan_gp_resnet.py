@@ -425,7 +425,7 @@ def test_resnet_step_on_cpu_has_no_input_dilated_convolution(f32_step):
 def test_bfloat16_step_is_close_to_the_float32_step(f32_step):
   """Parameters and optimizer state stay float32; the nets compute in bfloat16.
 
-  Tolerance: bfloat16 keeps 8 significant bits (unit round-off 2⁻⁹ ≈ 0.2 %); each of the
+  Tolerance: bfloat16 keeps 8 significant bits (unit round-off 2⁻⁸ ≈ 0.4 %); each of the
   ~20 layers of a forward, backward and double-backward pass adds an error of that order, so
   losses agree to a few percent (5 % allowed) and, as Adam's first update is ``−lr·sign(g)``
   (β1 = 0), at least 90 % of the critic's parameters take the same first step.
