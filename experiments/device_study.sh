@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One prepared script for a lent accelerator (≈ 10 minutes), the most valuable runs first:
+#   1. the population benchmark of the β-VAE (members/s at N = 1, 6, 18, 36);
+#   2. the disentanglement study: the β grid × SEEDS sized to TRAIN_MINUTES
+#      (experiments/study_dsprites.sh: measure, train, metrics of every member, report);
+#   3. the metrics benchmark of a 36-member population (where the time goes on this machine).
+# Everything it writes goes under OUT (for the device tool: $OUT), with the logs.
+#
+#   bash experiments/device_study.sh OUT [TRAIN_MINUTES=4]
+#
+# SMOKE=1 runs the same plumbing with the smoke configs and tiny sizes (checked on the CPU).
+set -uo pipefail
+OUT=${1:?usage: bash experiments/device_study.sh OUT [TRAIN_MINUTES]}
+MINUTES=${2:-4}
+SEEDS=${SEEDS:-3}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/device_study.log") 2>&1
+date -u
+python - <<'EOF'
+import jax
+print("jax", jax.__version__, jax.devices())
+EOF
+nvidia-smi --query-gpu=name,memory.total,utilization.gpu --format=csv 2>/dev/null || true
+
+if [ "${SMOKE:-0}" = 1 ]; then
+  BENCH=(--configs=vae --population=1,2 --executions=vmap --steps=2)
+  CONFIG=experiments/configs/beta_vae_dsprites.py:smoke
+  SWEEP=vae.beta=1,4 SEEDS=1
+  STUDY_ENV=(MEASURE=4 EVAL="--num_train=40 --num_eval=20")
+  METRICS=(--config=beta_vae_dsprites:smoke --members=2 --num_train=40 --num_eval=20)
+else
+  BENCH=(--configs=vae --population=1,6,18,36 --executions=vmap)
+  CONFIG=experiments/configs/beta_vae_dsprites.py
+  SWEEP=vae.beta=1,2,4,6,8,16
+  STUDY_ENV=(MEASURE=300)
+  METRICS=(--members=36)
+fi
+
+echo "== 1/3 population benchmark"
+timeout 180 python -m experiments.bench_population "${BENCH[@]}" \
+  --output="$OUT/bench_population_vae.json" || echo "bench_population: exit $?"
+
+echo "== 2/3 the study ($SWEEP × $SEEDS seeds, $MINUTES min of training)"
+env CONFIG="$CONFIG" SWEEP="$SWEEP" SEEDS="$SEEDS" "${STUDY_ENV[@]}" \
+  timeout $(((${MINUTES%.*} + 5) * 60)) bash experiments/study_dsprites.sh "$OUT/study" "$MINUTES" \
+  || echo "study: exit $?"
+rm -rf "$OUT/study/measure/checkpoints" "$OUT/study/run/checkpoints"  # Too large to bring back.
+
+echo "== 3/3 metrics benchmark"
+timeout 240 python -m experiments.bench_disentanglement "${METRICS[@]}" \
+  --output="$OUT/bench_disentanglement.json" || echo "bench_disentanglement: exit $?"
+date -u
