@@ -123,6 +123,7 @@ class Scoring:
 
   jobs: list[Callable[[], Any]]
   combine: Callable[[list], dict[str, float]]
+  costs: tuple[float, ...] | None = None  # Relative cost of each job, where known (for ordering).
 
   def run(self) -> dict[str, float]:
     """The scores, computing the jobs one after another."""
@@ -546,7 +547,9 @@ def _dci_scoring(codes_train, factors_train, codes_test, factors_test, seed: int
   jobs = [
     functools.partial(_dci_fit, seed, x, y[:, k], x_test, y_test[:, k]) for k in range(y.shape[1])
   ]
-  return Scoring(jobs, _dci_combine)
+  # A factor of K classes fits K trees a stage (one for 2 classes).
+  costs = tuple(float(len(np.unique(y[:, k]))) * len(x) for k in range(y.shape[1]))
+  return Scoring(jobs, _dci_combine, costs)
 
 
 def _dci_fit(seed: int, x, y, x_test, y_test) -> tuple[np.ndarray, float, float]:

@@ -161,10 +161,12 @@ def _main_importable() -> bool:
 
 
 def _run_jobs(scorings, workers: int, processes: bool, progress) -> list[dict[str, float]]:
-  """Every scoring's jobs in a pool of ``workers``; each scoring's combined scores. The most
-  expensive jobs (DCI's trees) are submitted first, so that none starts last."""
+  """Every scoring's jobs in a pool of ``workers``; each scoring's combined scores. Jobs with a
+  known cost (DCI's trees, by their number of classes) are submitted first, most expensive first,
+  so that no long job starts last."""
   jobs = [(i, j, job) for i, (_, _, s) in enumerate(scorings) for j, job in enumerate(s.jobs)]
-  jobs.sort(key=lambda t: scorings[t[0]][1] != "dci")
+  cost = lambda t: (scorings[t[0]][2].costs or (0.0,) * (t[1] + 1))[t[1]]
+  jobs.sort(key=lambda t: -cost(t))
   results = [[None] * len(s.jobs) for _, _, s in scorings]
   if progress is not None:
     progress("classifiers", 0, len(jobs))
