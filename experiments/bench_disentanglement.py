@@ -142,6 +142,7 @@ def cli_progress():
 def run() -> dict:
   sizes = cli.positive_ints(_MEMBERS.value, "members")
   dis.check_metrics(_METRICS.value)
+  _config()  # A bad --config is one error here, not one per row.
   backend = jax.default_backend()
   device = str(jax.devices()[0].device_kind)
   gemms = [hardware.measure_gemm(2048)]
