@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import numpy as np
 import pytest
+from conftest import run_cli
 from test_disentanglement import IdentityData, mixed_encoder, true_encoder
 
 from gen_models import data, models, population
@@ -132,3 +135,24 @@ def test_jax_codes_host_path_and_single_run(smoke_population):
   assert stacked.shape == (n, 30, 4) and alone.shape == (1, 30, 4)
   np.testing.assert_allclose(alone[0], want, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(stacked[2], want, rtol=1e-5, atol=1e-6)
+
+
+def test_bench_disentanglement_writes_its_table(tmp_path):
+  """The benchmark's plumbing on the smoke grid: a row per population size, phases that add up."""
+  out = tmp_path / "bench.json"
+  proc = run_cli(
+    "experiments.bench_disentanglement",
+    "--config=beta_vae_dsprites:smoke",
+    "--members=1",
+    "--num_train=40",
+    "--num_eval=20",
+    "--metrics=mig,sap",
+    "--batch_size=128",
+    f"--output={out}",
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (row,) = json.loads(out.read_text())["rows"]
+  assert row["members"] == 1 and row["distinct_observations"] <= 384
+  parts = row["draw_s"] + row["observations_s"] + row["encoder_s"] + row["classifiers_s"]
+  assert parts == pytest.approx(row["total_s"], rel=0.05)
+  assert row["encoder_flops_per_image"] > 1e6 and row["percent_of_peak"] > 0
