@@ -37,7 +37,7 @@ from absl import app, flags
 
 from experiments import cli, hardware
 from gen_models import config as config_lib
-from gen_models import data, models, population
+from gen_models import data, logs, models, population
 from gen_models.errors import UserError
 from gen_models.metrics import disentanglement as dis
 from gen_models.metrics import disentanglement_runner as runner
@@ -53,7 +53,9 @@ _NUM_TRAIN = flags.DEFINE_integer("num_train", None, "Training points (default: 
 _NUM_EVAL = flags.DEFINE_integer("num_eval", None, "Evaluation points (default: published).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 1024, "Observations per compiled call.")
 _WORKERS = flags.DEFINE_integer("workers", None, "Classifier threads (default: the CPUs).")
-_EXECUTION = flags.DEFINE_enum("member_execution", "auto", ["auto", "vmap", "loop"], "See CLI.")
+_EXECUTION = flags.DEFINE_enum(
+  "member_execution", "auto", list(runner.MEMBER_EXECUTIONS), "As evaluate_disentanglement's."
+)
 _OUTPUT = flags.DEFINE_string("output", None, "Output JSON file.")
 _WORKER = flags.DEFINE_integer("_worker", None, "Internal: measure one row (N members).")
 
@@ -93,7 +95,7 @@ def _row(n: int) -> dict:
     raise UserError(f"model {config.model!r} has no encoder")
   state = jax.jit(population.init(family.init, members))()
   dataset = data.create(config, config.batch_size)
-  vmap = {"auto": None, "vmap": True, "loop": False}[_EXECUTION.value]
+  vmap = runner.MEMBER_EXECUTIONS[_EXECUTION.value]
   timing = {}
   codes_of = runner.jax_codes(
     family.encode, state, dataset, n, _BATCH_SIZE.value, vmap, timing=timing
@@ -110,7 +112,7 @@ def _row(n: int) -> dict:
     num_train=_NUM_TRAIN.value,
     num_eval=_NUM_EVAL.value,
     workers=_WORKERS.value,
-    progress=cli_progress(),
+    progress=logs.ProgressBar(),
   )
   encoder = seconds["encode"] - timing["observations"]
   encoded = seconds["observations"] * n
@@ -131,12 +133,6 @@ def _row(n: int) -> dict:
     "load_before": load_before,
     "load": max(load_before, os.getloadavg()[0]),
   }
-
-
-def cli_progress():
-  from gen_models import logs
-
-  return logs.ProgressBar()
 
 
 def run() -> dict:

@@ -59,7 +59,7 @@ _WORKERS = flags.DEFINE_integer(
 _MEMBER_EXECUTION = flags.DEFINE_enum(
   "member_execution",
   "auto",
-  ["auto", "vmap", "loop"],
+  list(runner.MEMBER_EXECUTIONS),
   "How every member encodes a batch: one vmapped call, or a call per member (auto: vmap on "
   "accelerators, loop on CPU).",
 )
@@ -200,7 +200,7 @@ def run() -> dict:
 
 
 def _vmap() -> bool | None:
-  return {"auto": None, "vmap": True, "loop": False}[_MEMBER_EXECUTION.value]
+  return runner.MEMBER_EXECUTIONS[_MEMBER_EXECUTION.value]
 
 
 def _timing_line(seconds: dict) -> str:

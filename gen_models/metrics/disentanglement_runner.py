@@ -186,6 +186,13 @@ def _run_jobs(scorings, workers: int, processes: bool, progress) -> list[dict[st
   return [s.combine(r) for (_, _, s), r in zip(scorings, results, strict=True)]
 
 
+MEMBER_EXECUTIONS = {
+  "auto": None,
+  "vmap": True,
+  "loop": False,
+}  # Name → :func:`jax_codes` ``vmap``.
+
+
 def jax_codes(
   encode_fn,
   state,
