@@ -1,7 +1,7 @@
 r"""Benchmark of the compiled train steps against their PyTorch eager peers (not a test).
 
     python -m experiments.bench_train [--configs=toy,cifar10] [--steps=N] [--warmup=N] \
-        [--batch_size=B] [--conv_impls=subpixel,xla] [--critic_loops=scan,unrolled] \
+        [--batch_size=B] [--conv_impls=subpixel,xla] [--critic_loops=scan,unrolled] [--rounds=R] \
         [--torch] [--torch_device=auto|cpu|cuda] [--layers] [--device_sweep=1,2,4,8] \
         [--peak_n=4096] [--output=bench_train.json]
 
@@ -15,8 +15,12 @@ same batch shapes, on ``--torch_device`` (``auto``: CUDA when JAX's backend is a
 between ``torch.cuda.synchronize`` calls there). ``gen_steps_per_s`` counts generator updates
 (one per train step, after its ``n_critic`` critic updates); ``examples_per_s = n_critic · B ·
 gen_steps_per_s``; ``ratio`` is a row's ``examples_per_s`` over the PyTorch peer's (> 1: faster
-than PyTorch). Batches are on the devices before timing, so the numbers are of the step alone,
-without the input pipeline (``experiments.bench_input`` measures that).
+than PyTorch). With ``--rounds=R`` every step row is timed R times, round-robin over the rows
+(PyTorch, each JAX variant, then again), each time in a fresh process: rows give the median
+steps/s with its range, and ``ratio_range`` the spread of each round's ratio against the PyTorch
+row of the same round, so a shared host's changing load falls on every row alike. Batches are
+on the devices before timing, so the numbers are of the step alone, without the input
+pipeline (``experiments.bench_input`` measures that).
 
 * ``toy``: ``experiments/configs/wgan_gp_toy.py`` (MLP), batches of the real 2-D toy dataset.
 * ``cifar10``: ``experiments/configs/wgan_gp_cifar10.py`` (DCGAN) on 32×32×3 standard-normal
@@ -141,6 +145,13 @@ _WARMUP = flags.DEFINE_integer(
   "warmup", None, "Untimed steps after compiling (default: toy 10; cifar10 2, 1 on CPU)."
 )
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch size (default: config's).")
+_ROUNDS = flags.DEFINE_integer(
+  "rounds",
+  1,
+  "Time every step row this many times, round-robin (PyTorch, then each JAX variant, again), "
+  "each in a fresh process: rows report the median and the range, so a shared host's load "
+  "falls on every row alike.",
+)
 _CONV_IMPLS = flags.DEFINE_list(
   "conv_impls", ["subpixel", "space_to_depth", "xla"], "conv_impl variants of conv configs."
 )
@@ -196,6 +207,7 @@ STEP_COLUMNS = (
   ("gen_steps_per_s", _rate),
   ("examples_per_s", _rate),
   ("ratio", lambda v: f"{v:.2f}"),
+  ("ratio_range", lambda v: f"{v[0]:.2f}–{v[1]:.2f}"),
   ("flops_per_step", _si),
   ("flops_per_s", _si),
   ("percent_of_peak", lambda v: f"{v:.1f}"),
@@ -521,11 +533,18 @@ def _step_rows(name: str, tmp: str) -> list[dict]:
     for loop in loops:
       impl_key = None if impl == "-" else impl
       specs.append({"worker": "jax_step", **common, "conv_impl": impl_key, "critic_loop": loop})
+  rounds = [[] for _ in specs]  # Per spec, each round's result: round-robin over the specs.
+  for r in range(_ROUNDS.value):
+    for spec, results in zip(specs, rounds, strict=True):
+      if _ROUNDS.value > 1:
+        print(f"{name}: round {r + 1}/{_ROUNDS.value}, {spec['worker']} {spec.get('conv_impl')}")
+      results.append(_spawn({**spec, "devices": 1}, tmp))
   rows = []
-  for spec in specs:
-    result = _spawn({**spec, "devices": 1}, tmp)
+  for spec, results in zip(specs, rounds, strict=True):
+    result = results[0]
     torch_row = spec["worker"] == "torch_step"
-    rate = spec["steps"] / result["timed_s"]
+    rates = [spec["steps"] / res["timed_s"] for res in results]
+    rate = float(np.median(rates))
     rows.append(
       {
         "config": name,
@@ -541,19 +560,27 @@ def _step_rows(name: str, tmp: str) -> list[dict]:
         "gen_steps_per_s": rate,
         "examples_per_s": result["n_critic"] * result["batch"] * rate,
         "ratio": None,
+        "rounds": len(results),
+        "gen_steps_per_s_range": [min(rates), max(rates)],
         "timed_steps": spec["steps"],
         "warmup_steps": spec["warmup"],
-        "timed_s": result["timed_s"],
+        "timed_s": float(np.median([res["timed_s"] for res in results])),
         "loadavg_1m": result["loadavg_1m"],
         "flops_per_step": result["model_flops"],
         "compute_dtype": result["compute_dtype"],
         **({"torch_threads": result["torch_threads"]} if torch_row else {}),
         **({} if torch_row else {"program_flops_per_step": result["program_flops"]}),
+        "_rates": rates,
       }
     )
-  baseline = next((r["examples_per_s"] for r in rows if r["framework"].startswith("torch")), None)
-  for r in rows:
-    r["ratio"] = r["examples_per_s"] / baseline if baseline else None
+  rates = [r.pop("_rates") for r in rows]
+  base = next((i for i, r in enumerate(rows) if r["framework"].startswith("torch")), None)
+  if base is not None:
+    for r, row_rates in zip(rows, rates, strict=True):
+      r["ratio"] = r["examples_per_s"] / rows[base]["examples_per_s"]
+      # Each round's ratio against the PyTorch row of the same round (timed minutes apart).
+      per_round = [a / b for a, b in zip(row_rates, rates[base], strict=True)]
+      r["ratio_range"] = [min(per_round), max(per_round)]
   return rows
 
 
@@ -617,7 +644,7 @@ def _layer_rows(tmp: str) -> list[dict]:
   if _TORCH.value:
     spec = {"worker": "torch_layers", "repeats": repeats, **_torch_spec()}
     runs.append(("torch", "-", _spawn(spec, tmp)))
-  for impl in ("xla", "space_to_depth", "subpixel", "phases", "auto"):
+  for impl in ("xla", "space_to_depth", "subpixel", "phases", "gemm", "auto"):
     spec = {"worker": "jax_layers", "conv_impl": impl, "repeats": repeats}
     runs.append(("jax", impl, _spawn(spec, tmp)))
   rows = []
@@ -689,7 +716,9 @@ def run() -> dict:
       "XLA's default matmul precision there is TF32)"
     ),
     "ratio_definition": (
-      "steps: examples_per_s / the PyTorch eager peer's (same config, batch, nets); "
+      "steps: examples_per_s / the PyTorch eager peer's (same config, batch, nets; with "
+      "--rounds > 1 the medians over rounds, and ratio_range the min and max of each round's "
+      "ratio); "
       "layers: PyTorch's milliseconds / the row's; device_sweep: speedup = examples/s over "
       "the 1-device row's, efficiency = speedup / devices"
     ),

@@ -50,8 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_checkpoints_to_keep = 3
   c.async_checkpointing = True
   # How conv nets compute their convolutions (gen_models/nn/conv.py): "auto" (per layer on CPU:
-  # phases, XLA's own kernel for transposed convs with <= 4 output channels; subpixel on GPU;
-  # xla on TPU), "xla", "space_to_depth", "subpixel" or "phases". The same function either way
+  # gemm where the kernel is a multiple of the stride and channels are >= 16, else phases, and
+  # XLA's own kernel for transposed convs with <= 4 output channels; subpixel on GPU; xla on
+  # TPU), "xla", "space_to_depth", "subpixel", "phases" or "gemm". The same function either way
   # (round-off).
   c.conv_impl = "auto"
 

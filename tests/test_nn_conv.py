@@ -22,7 +22,7 @@ from gen_models.errors import UserError
 from gen_models.nn.conv import conv2d, conv_transpose2d
 
 DN = ("NHWC", "HWIO", "NHWC")
-FAST = ("space_to_depth", "subpixel", "phases")
+FAST = ("space_to_depth", "subpixel", "phases", "gemm")
 # Every (kernel, stride, padding) of the nets: DCGAN 5×5/2 SAME; the β-VAE 4×4/2 and 2×2/2
 # SAME; ResNets 3×3/1 and 1×1/1; plus VALID and explicit pads, odd and even sizes.
 PADDINGS = ("SAME", "VALID", ((1, 2), (2, 1)), 1)
@@ -149,6 +149,10 @@ def test_no_input_dilation_in_any_derivative(impl):
 
   args = (_random((5, 5, 3, 4), 0), _random((5, 5, 4, 3), 1), _random((2, 8, 8, 3), 2))
   text = jax.jit(jax.grad(penalty, argnums=(0, 1))).lower(*args).as_text()
+  if impl == "gemm":  # Matrix products only: 2 forward, 4 backward, more in the double backward.
+    assert text.count("stablehlo.convolution") == 0
+    assert text.count("stablehlo.dot_general") >= 6
+    return
   assert text.count("stablehlo.convolution") >= 6
   if impl == "xla":  # The check can fail: XLA's own formulation dilates inputs.
     assert _nontrivial_lhs_dilations(text) > 0
@@ -213,7 +217,29 @@ def test_auto_picks_per_backend_and_layer():
   assert gnn.resolve_impl("auto", "gpu", transpose=True, out_channels=1) == "subpixel"
   assert gnn.resolve_impl("auto", "gpu") == "subpixel"  # Measured on an H200: BENCHMARKS.md.
   assert gnn.resolve_impl("auto", "tpu") == "xla"
-  assert gnn.resolve_impl("space_to_depth", "gpu") == "space_to_depth"
+  # On CPU "gemm" where the kernel is a multiple of the stride and channels are ≥ 16 both
+  # sides, or where the (adjoint) strided conv's input has 1–3 channels (patches).
+  vae_middle = {"kernel_size": (4, 4), "strides": (2, 2), "in_channels": 32, "out_channels": 32}
+  assert gnn.resolve_impl("auto", "cpu", **vae_middle) == "gemm"
+  assert gnn.resolve_impl("auto", "cpu", transpose=True, **vae_middle) == "gemm"
+  assert gnn.resolve_impl("auto", "gpu", **vae_middle) == "subpixel"
+  assert gnn.resolve_impl("auto", "cpu", **{**vae_middle, "in_channels": 1}) == "gemm"
+  assert gnn.resolve_impl("auto", "cpu", **{**vae_middle, "in_channels": 8}) == "phases"
+  assert gnn.resolve_impl("auto", "cpu", transpose=True, **{**vae_middle, "out_channels": 3}) == (
+    "gemm"
+  )
+  dcgan = {**vae_middle, "kernel_size": (5, 5), "in_channels": 64, "out_channels": 128}
+  assert gnn.resolve_impl("auto", "cpu", **dcgan) == "phases"  # 5×5 would pad to 6×6 taps.
+  assert gnn.resolve_impl("auto", "cpu", **{**dcgan, "in_channels": 3}) == "gemm"  # Patches.
+
+
+@pytest.mark.parametrize("kind", ["conv", "conv_transpose"])
+@pytest.mark.parametrize("k", [2, 4, 5])
+def test_gemm_both_forms_equal_lax(kind, k):
+  """``gemm``'s other form in each direction: 8 channels in, 3 out (shifted sums for a conv,
+  patches for a transposed conv's adjoint); the tests above have 3 in, 4 out (the reverse)."""
+  cases = [((2, 2), p) for p in PADDINGS]
+  _check_all(kind, "gemm", _random((2, 7, 8, 8), 0), _random((k, k, 8, 3), 1), cases)
 
 
 def test_bad_arguments_are_clear_errors():

@@ -46,10 +46,26 @@ compute it differs, chosen by ``impl`` (config key ``conv_impl``):
     kernel-gradient of a strided conv (XLA's kernel-dilated filter gradient), not of the phase
     convs. No input dilation in any order of derivative either.
 
+``"gemm"``
+    No convolution at all: matrix products, pads, slices and reshapes. A strided conv is
+    space-to-depth, **one matrix product, then shifted sums**: with ``X`` the space-to-depth
+    rearrangement above (``(B, H_q, W_q, s²·C)``) and the kernel rearranged into
+    ``W (s²·C, q_h·q_w·O)`` (``q = ⌈k/s⌉`` taps per dimension), ``Z = X @ W`` and
+    ``y[i, j] = Σ_{a, b} Z[i + a, j + b, (a, b)]``. For inputs of 1–3 channels (``s²·C`` below
+    ``PATCHES_MAX_DEPTH``) it gathers the patches instead (``kh·kw·C`` values per output
+    pixel, one matrix product with the kernel). A transposed conv is the linear transpose of a
+    strided conv (the flipped kernel, the pads of :func:`_dilated_conv_bwd`), taken by
+    ``jax.linear_transpose``. Every derivative, by autodiff, is again matrix products of the
+    same shapes (``Xᵀ @ dZ``, ``dZ @ Wᵀ``) with pads and slices, so no input dilation in any
+    order. XLA:CPU runs matrix products with inner dimensions ≥ 64 near its GEMM rate and
+    its conv kernels at a fraction of it. This pays when ``k`` is a multiple of ``s`` (no zero
+    taps) and both channel counts are ≥ ``GEMM_MIN_CHANNELS`` (the β-VAE's middle layers), and
+    for 1–3 channel images (first convs, last transposed convs: their XLA filter gradients are
+    slow); it loses where a 5×5 kernel is padded to 6×6 taps (the DCGAN's middle layers).
+
 ``"auto"`` (default)
-    On CPU ``"phases"``, except transposed convs with at most ``XLA_MAX_OUT`` output channels
-    (the β-VAE's and the DCGAN's last layers), which keep XLA's own kernel: forward + backward
-    it is the fastest for them there (the filter gradient of their sub-pixel forms is slow).
+    On CPU ``"gemm"`` where it pays (above; ``_gemm_pays``), else ``"phases"``, except
+    transposed convs with at most ``XLA_MAX_OUT`` output channels, which keep XLA's own kernel.
     ``"subpixel"`` on GPU: on an H200 (jax 0.11.2, 2026-11-26) it made the β-VAE step 2.2× and
     the DCGAN WGAN-GP step 2.0× faster than cuDNN's own strided and transposed kernels (the
     last transposed conv of the VAE decoder, C_out = 1, took 1.5 ms with ``xla`` and 0.2 ms
@@ -77,7 +93,7 @@ from jax import lax
 
 from gen_models.errors import UserError
 
-IMPLS = ("auto", "xla", "space_to_depth", "subpixel", "phases")
+IMPLS = ("auto", "xla", "space_to_depth", "subpixel", "phases", "gemm")
 # "phases": transposed convs with at most this many output channels keep the one-conv sub-pixel
 # form (per-phase convs with 1–4 output channels are slow on XLA:CPU: 111 ms against 3.3 ms
 # for the 32²×32 → 64²×1 layer of the β-VAE decoder, batch 64, forward).
@@ -85,6 +101,13 @@ PHASES_MIN_OUT = 4
 # auto on CPU leaves transposed convs with at most this many output channels to XLA's own
 # kernel (fastest there, forward + backward, for the β-VAE's and the DCGAN's last layers).
 XLA_MAX_OUT = 4
+# auto on CPU uses "gemm" for strided and transposed convs whose kernel is a multiple of the
+# stride and whose input and output channels are both at least this many (measured:
+# docs/BENCHMARKS.md; with 1–3 channels the matrix product's inner dimension is 4–12).
+GEMM_MIN_CHANNELS = 16
+# "gemm" gathers patches (one matrix product of inner dimension kh·kw·C) instead of shifted
+# sums when the space-to-depth depth s_h·s_w·C is below this (inputs of 1–3 channels).
+PATCHES_MAX_DEPTH = 16
 _DN = ("NHWC", "HWIO", "NHWC")
 
 PaddingLike = str | int | Sequence[int | tuple[int, int]]
@@ -104,13 +127,18 @@ def resolve_impl(
   *,
   transpose: bool = False,
   out_channels: int | None = None,
+  in_channels: int | None = None,
+  kernel_size: Sequence[int] | None = None,
+  strides: Sequence[int] | None = None,
 ) -> str:
   """The implementation ``impl`` names on ``backend`` (default: JAX's default backend) for a
-  layer (a strided conv, or with ``transpose`` a transposed conv of ``out_channels`` outputs).
+  layer (a strided conv, or with ``transpose`` a transposed conv, of ``in_channels`` →
+  ``out_channels`` with ``kernel_size`` and ``strides``; what is not given does not count).
 
-  ``"auto"`` is ``"phases"`` on CPU, except ``"xla"`` for a transposed conv with at most
-  :data:`XLA_MAX_OUT` output channels; ``"subpixel"`` on GPU; ``"xla"`` on TPU (measured
-  fastest: docs/BENCHMARKS.md).
+  ``"auto"`` on CPU is ``"gemm"`` where it pays (:func:`_gemm_pays`); otherwise ``"xla"`` for
+  a transposed conv with at most :data:`XLA_MAX_OUT` output channels and ``"phases"`` for the
+  rest.
+  ``"subpixel"`` on GPU, ``"xla"`` on TPU (measured fastest: docs/BENCHMARKS.md).
   """
   if impl not in IMPLS:
     raise ValueError(f"unknown conv implementation {impl!r}; known: {', '.join(IMPLS)}")
@@ -118,9 +146,30 @@ def resolve_impl(
     return impl
   backend = backend or jax.default_backend()
   if backend == "cpu":
+    shapes = kernel_size is not None and strides is not None
+    channels = in_channels is not None and out_channels is not None
+    if (
+      shapes and channels and _gemm_pays(kernel_size, strides, in_channels, out_channels, transpose)
+    ):
+      return "gemm"
     small = transpose and out_channels is not None and out_channels <= XLA_MAX_OUT
     return "xla" if small else "phases"
   return "subpixel" if backend == "gpu" else "xla"
+
+
+def _gemm_pays(kernel_size, strides, in_channels: int, out_channels: int, transpose: bool) -> bool:
+  """Whether ``"gemm"`` is the fastest formulation of a layer on CPU (docs/BENCHMARKS.md).
+
+  Yes when the strided conv it computes (for a transposed conv: its adjoint, whose input has
+  ``out_channels``) gathers patches — ``s_h·s_w·C`` below :data:`PATCHES_MAX_DEPTH`, an image's
+  1–3 channels — or when every kernel size is a multiple of its stride (no zero taps in the
+  shifted sums) and both channel counts are at least :data:`GEMM_MIN_CHANNELS`.
+  """
+  depth = math.prod(strides) * (out_channels if transpose else in_channels)
+  if depth < PATCHES_MAX_DEPTH:
+    return True
+  multiple = all(k % s == 0 for k, s in zip(kernel_size, strides, strict=True))
+  return multiple and min(in_channels, out_channels) >= GEMM_MIN_CHANNELS
 
 
 def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -214,9 +263,11 @@ def conv2d(
   strides = _pair(strides, "strides")
   kh, kw, c, o = kernel.shape
   pads = conv_pads(x.shape[1:3], (kh, kw), strides, padding)
-  impl = resolve_impl(impl)
+  impl = resolve_impl(impl, in_channels=c, out_channels=o, kernel_size=(kh, kw), strides=strides)
   if impl == "xla" or strides == (1, 1):
     return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN)
+  if impl == "gemm":
+    return _conv_gemm(x, kernel, strides, pads)
   if impl in ("subpixel", "phases"):
     return _strided_conv(x, kernel, strides, pads, impl == "phases")
   return _conv_space_to_depth(x, kernel, strides, pads)
@@ -241,6 +292,70 @@ def _conv_space_to_depth(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.
   w = jnp.pad(kernel, ((0, qh * sh - kh), (0, qw * sw - kw), (0, 0), (0, 0)))
   w = w.reshape(qh, sh, qw, sw, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(qh, qw, sh * sw * c, o)
   return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=_DN)
+
+
+def _conv_gemm(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
+  """The strided conv as matrix products (``"gemm"``): ``(B, H, W, C)`` → ``(B, H', W', O)``.
+
+  With ``s_h·s_w·C`` at least :data:`PATCHES_MAX_DEPTH`, space-to-depth and shifted sums:
+  ``X (B, H_q, W_q, s_h·s_w·C)`` is the padded input rearranged as in
+  :func:`_conv_space_to_depth`; the kernel, zero-padded to ``q·s`` taps, becomes
+  ``W (s_h·s_w·C, q_h·q_w·O)``; ``Z = X @ W`` is ``(B, H_q, W_q, q_h, q_w, O)`` and
+  ``y[:, i, j] = Σ Z[:, i + a, j + b, a, b]`` over the taps ``(a, b)``. With fewer input
+  channels (an image's 1–3) that product's inner dimension would be tiny and ``Z`` many times
+  the input, so the patches are gathered instead: ``P (B, H', W', kh·kw·C)`` (one strided slice
+  of the padded input per tap) and ``y = P @ kernel (kh·kw·C, O)``.
+  """
+  kh, kw, c, o = kernel.shape
+  b = x.shape[0]
+  (sh, sw), outs, taps, sizes, cut = strides, [], [], [], []
+  for length, k, s, (lo, hi) in zip(x.shape[1:3], (kh, kw), strides, pads, strict=True):
+    out = (length + lo + hi - k) // s + 1
+    if out < 1:
+      raise ValueError(f"conv output would be empty: input {x.shape}, kernel {kernel.shape}")
+    q = -(-k // s)
+    outs.append(out)
+    taps.append(q)
+    sizes.append(out + q - 1)
+    cut.append((lo, s * (out + q - 1) - length - lo))
+  x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*cut[0], 0), (*cut[1], 0), (0, 0, 0)))
+  (hq, wq), (qh, qw), (oh, ow) = sizes, taps, outs
+  if sh * sw * c < PATCHES_MAX_DEPTH:
+    last = (sh * (oh - 1), sw * (ow - 1))
+    patches = [
+      x[:, i : i + last[0] + 1 : sh, j : j + last[1] + 1 : sw] for i in range(kh) for j in range(kw)
+    ]
+    p = jnp.concatenate(patches, axis=-1).reshape(b * oh * ow, kh * kw * c)
+    return jnp.dot(p, kernel.reshape(kh * kw * c, o)).reshape(b, oh, ow, o)
+  x = x.reshape(b, hq, sh, wq, sw, c).transpose(0, 1, 3, 2, 4, 5).reshape(b * hq * wq, -1)
+  w = jnp.pad(kernel, ((0, qh * sh - kh), (0, qw * sw - kw), (0, 0), (0, 0)))
+  w = w.reshape(qh, sh, qw, sw, c, o).transpose(1, 3, 4, 0, 2, 5).reshape(sh * sw * c, -1)
+  z = jnp.dot(x, w).reshape(b, hq, wq, qh, qw, o)
+  terms = [z[:, i : i + oh, j : j + ow, i, j] for i in range(qh) for j in range(qw)]
+  return functools.reduce(jnp.add, terms)
+
+
+def _conv_transpose_gemm(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
+  """The transposed conv as the linear transpose of :func:`_conv_gemm` (``"gemm"``).
+
+  ``conv_transpose(x, w, s, (a, ·))`` is the adjoint of the strided conv with the flipped
+  kernel and pads ``(k − 1 − a, ·)`` (as in :func:`_dilated_conv_bwd`), so
+  ``jax.linear_transpose`` of that conv computes it: ``(B, H, W, C)`` → ``(B, H', W', O)``.
+  """
+  kh, kw, c, o = kernel.shape
+  outs, conv_pads_ = [], []
+  for length, k, s, (a, hi) in zip(x.shape[1:3], (kh, kw), strides, pads, strict=True):
+    out = s * (length - 1) + 1 + a + hi - k + 1
+    if out < 1:
+      raise ValueError(f"conv_transpose output would be empty: {x.shape}, {kernel.shape}")
+    outs.append(out)
+    conv_pads_.append((k - 1 - a, s * (length - 1) + k - out - (k - 1 - a)))
+  flipped = _flip(kernel)
+  shape = jax.ShapeDtypeStruct((x.shape[0], *outs, o), jnp.result_type(x, kernel))
+  adjoint = jax.linear_transpose(
+    lambda v: _conv_gemm(v, flipped, strides, tuple(conv_pads_)), shape
+  )
+  return adjoint(x.astype(shape.dtype))[0]
 
 
 def _phase_taps(k: int, s: int, lo: int) -> tuple[int, np.ndarray]:
@@ -279,9 +394,13 @@ def conv_transpose2d(
   strides = _pair(strides, "strides")
   kh, kw, c, o = kernel.shape
   pads = conv_transpose_pads((kh, kw), strides, padding)
-  impl = resolve_impl(impl, transpose=True, out_channels=o)
+  impl = resolve_impl(
+    impl, transpose=True, in_channels=c, out_channels=o, kernel_size=(kh, kw), strides=strides
+  )
   if impl == "xla" or strides == (1, 1):
     return lax.conv_transpose(x, kernel, strides, pads, dimension_numbers=_DN)
+  if impl == "gemm":
+    return _conv_transpose_gemm(x, kernel, strides, pads)
   if impl in ("subpixel", "phases"):
     return _dilated_conv(x, kernel, strides, pads, impl == "phases")
   return _conv_transpose_depth_to_space(x, kernel, strides, pads)
