@@ -50,10 +50,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_checkpoints_to_keep = 3
   c.async_checkpointing = True
   # How conv nets compute their convolutions (gen_models/nn/conv.py): "auto" (per layer on CPU:
-  # gemm where the kernel is a multiple of the stride and channels are >= 16, else phases, and
-  # XLA's own kernel for transposed convs with <= 4 output channels; subpixel on GPU; xla on
-  # TPU), "xla", "space_to_depth", "subpixel", "phases" or "gemm". The same function either way
-  # (round-off).
+  # gemm where the kernel is a multiple of the stride and channels are >= 16 or the input an
+  # image of 1-3 channels, else phases, and XLA's own kernel for transposed convs with <= 4
+  # output channels; subpixel on GPU; xla on TPU), "xla", "space_to_depth", "subpixel", "phases"
+  # or "gemm". The same function either way (round-off).
   c.conv_impl = "auto"
 
   # Many runs as one compiled program (gen_models/population.py): member seeds seed, seed + 1,

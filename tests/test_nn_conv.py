@@ -225,12 +225,14 @@ def test_auto_picks_per_backend_and_layer():
   assert gnn.resolve_impl("auto", "gpu", **vae_middle) == "subpixel"
   assert gnn.resolve_impl("auto", "cpu", **{**vae_middle, "in_channels": 1}) == "gemm"
   assert gnn.resolve_impl("auto", "cpu", **{**vae_middle, "in_channels": 8}) == "phases"
-  assert gnn.resolve_impl("auto", "cpu", transpose=True, **{**vae_middle, "out_channels": 3}) == (
+  assert gnn.resolve_impl("auto", "cpu", transpose=True, **{**vae_middle, "out_channels": 1}) == (
     "gemm"
   )
   dcgan = {**vae_middle, "kernel_size": (5, 5), "in_channels": 64, "out_channels": 128}
   assert gnn.resolve_impl("auto", "cpu", **dcgan) == "phases"  # 5×5 would pad to 6×6 taps.
-  assert gnn.resolve_impl("auto", "cpu", **{**dcgan, "in_channels": 3}) == "gemm"  # Patches.
+  assert gnn.resolve_impl("auto", "cpu", **{**dcgan, "in_channels": 3}) == "phases"
+  last = {**dcgan, "in_channels": 64, "out_channels": 3}
+  assert gnn.resolve_impl("auto", "cpu", transpose=True, **last) == "xla"
 
 
 @pytest.mark.parametrize("kind", ["conv", "conv_transpose"])

@@ -524,9 +524,11 @@ def _input_dilated_convolutions(text: str) -> list[str]:
 def test_dcgan_train_step_on_cpu_has_no_input_dilated_convolution():
   assert _input_dilated_convolutions(_lowered_train_step("phases")) == []
   text = _lowered_train_step("auto")  # The default; the tests run on CPU.
-  # auto: the middle 5×5 layers as phases (convolutions), the critic's first conv and the
-  # generator's last transposed conv (3 channels) as gemm (matrix products): none dilated.
   assert text.count("stablehlo.convolution") > 20
-  assert _input_dilated_convolutions(text) == []
+  # auto leaves the generator's last transposed conv (C_out = 3, kernel 5×5×8×3 at the smoke
+  # width) to XLA's own kernel on CPU, measured faster: its forward and filter gradient are the
+  # only input-dilated convs; the critic's gradient penalty has none.
+  dilated = _input_dilated_convolutions(text)
+  assert dilated and all("tensor<5x5x8x3xf32>" in line for line in dilated)
   # The check can fail: XLA's own formulation has them (transposed convs, input-gradients).
-  assert _input_dilated_convolutions(_lowered_train_step("xla"))
+  assert len(_input_dilated_convolutions(_lowered_train_step("xla"))) > len(dilated)

@@ -58,14 +58,17 @@ compute it differs, chosen by ``impl`` (config key ``conv_impl``):
     ``jax.linear_transpose``. Every derivative, by autodiff, is again matrix products of the
     same shapes (``Xᵀ @ dZ``, ``dZ @ Wᵀ``) with pads and slices, so no input dilation in any
     order. XLA:CPU runs matrix products with inner dimensions ≥ 64 near its GEMM rate and
-    its conv kernels at a fraction of it. This pays when ``k`` is a multiple of ``s`` (no zero
-    taps) and both channel counts are ≥ ``GEMM_MIN_CHANNELS`` (the β-VAE's middle layers), and
-    for 1–3 channel images (first convs, last transposed convs: their XLA filter gradients are
-    slow); it loses where a 5×5 kernel is padded to 6×6 taps (the DCGAN's middle layers).
+    its conv kernels at a fraction of it. With ``k`` a multiple of ``s`` (no zero taps) this
+    pays when both channel counts are ≥ ``GEMM_MIN_CHANNELS`` (the β-VAE's middle layers) and
+    for 1–3 channel images (the β-VAE's first conv and last transposed conv: their XLA filter
+    gradients are slow). It loses where a 5×5 kernel is padded to 6×6 taps (the DCGAN's
+    middle layers), and for the DCGAN's 3-channel layers its patches doubled the step's compile
+    time for no measurable gain.
 
 ``"auto"`` (default)
-    On CPU ``"gemm"`` where it pays (above; ``_gemm_pays``), else ``"phases"``, except
-    transposed convs with at most ``XLA_MAX_OUT`` output channels, which keep XLA's own kernel.
+    On CPU ``"gemm"`` where it pays (above; ``_gemm_pays``: every β-VAE layer), else
+    ``"phases"``, except transposed convs with at most ``XLA_MAX_OUT`` output channels, which
+    keep XLA's own kernel (the DCGAN generator's last layer).
     ``"subpixel"`` on GPU: on an H200 (jax 0.11.2, 2026-11-26) it made the β-VAE step 2.2× and
     the DCGAN WGAN-GP step 2.0× faster than cuDNN's own strided and transposed kernels (the
     last transposed conv of the VAE decoder, C_out = 1, took 1.5 ms with ``xla`` and 0.2 ms
@@ -160,16 +163,17 @@ def resolve_impl(
 def _gemm_pays(kernel_size, strides, in_channels: int, out_channels: int, transpose: bool) -> bool:
   """Whether ``"gemm"`` is the fastest formulation of a layer on CPU (docs/BENCHMARKS.md).
 
-  Yes when the strided conv it computes (for a transposed conv: its adjoint, whose input has
-  ``out_channels``) gathers patches — ``s_h·s_w·C`` below :data:`PATCHES_MAX_DEPTH`, an image's
-  1–3 channels — or when every kernel size is a multiple of its stride (no zero taps in the
-  shifted sums) and both channel counts are at least :data:`GEMM_MIN_CHANNELS`.
+  Only when every kernel size is a multiple of its stride (no zero taps in the shifted sums;
+  for 5×5 kernels the patches' 25 strided slices through a gradient penalty's double backward
+  doubled the DCGAN step's compile time for no measurable gain), and then when both channel
+  counts are at least :data:`GEMM_MIN_CHANNELS`, or when the strided conv it computes (for a
+  transposed conv: its adjoint, whose input has ``out_channels``) gathers patches —
+  ``s_h·s_w·C`` below :data:`PATCHES_MAX_DEPTH`, an image's 1–3 channels.
   """
+  if not all(k % s == 0 for k, s in zip(kernel_size, strides, strict=True)):
+    return False
   depth = math.prod(strides) * (out_channels if transpose else in_channels)
-  if depth < PATCHES_MAX_DEPTH:
-    return True
-  multiple = all(k % s == 0 for k, s in zip(kernel_size, strides, strict=True))
-  return multiple and min(in_channels, out_channels) >= GEMM_MIN_CHANNELS
+  return depth < PATCHES_MAX_DEPTH or min(in_channels, out_channels) >= GEMM_MIN_CHANNELS
 
 
 def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
