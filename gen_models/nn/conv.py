@@ -277,22 +277,39 @@ def conv2d(
   return _conv_space_to_depth(x, kernel, strides, pads)
 
 
+def _space_to_depth_grid(x: jax.Array, kernel_shape, strides, pads):
+  """The padded input of a strided conv on its space-to-depth grid, and the grid's sizes.
+
+  Returns ``(x_pad, outs, taps)``: ``x_pad (B, s_h·H_q, s_w·W_q, C)`` is ``x`` padded by ``lo``
+  before and padded or cropped after to exactly ``s·H_q`` rows (likewise columns), where
+  ``H_q = H' + q_h − 1`` rows of the rearranged input are what the ``H'`` output rows need,
+  ``q = ⌈k/s⌉`` taps per dimension; ``outs = (H', W')``, ``taps = (q_h, q_w)``.
+  """
+  outs, taps, cut = [], [], []
+  for length, k, s, (lo, hi) in zip(x.shape[1:3], kernel_shape, strides, pads, strict=True):
+    out = (length + lo + hi - k) // s + 1
+    if out < 1:
+      raise ValueError(f"conv output would be empty: input {x.shape}, kernel {kernel_shape}")
+    q = -(-k // s)
+    outs.append(out)
+    taps.append(q)
+    cut.append((lo, s * (out + q - 1) - length - lo))
+  x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*cut[0], 0), (*cut[1], 0), (0, 0, 0)))
+  return x, tuple(outs), tuple(taps)
+
+
+def _space_to_depth(x_pad: jax.Array, strides) -> jax.Array:
+  """``(B, s_h·H_q, s_w·W_q, C)`` → ``(B, H_q, W_q, s_h·s_w·C)``, channels as ``(r_h, r_w, c)``."""
+  (sh, sw), (b, h, w, c) = strides, x_pad.shape
+  x = x_pad.reshape(b, h // sh, sh, w // sw, sw, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h // sh, w // sw, sh * sw * c)
+
+
 def _conv_space_to_depth(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
   """The strided conv as space-to-depth + a stride-1 conv (module docstring)."""
   kh, kw, c, o = kernel.shape
-  b = x.shape[0]
-  (sh, sw), taps, sizes, cut = strides, [], [], []
-  for length, k, s, (lo, hi) in zip(x.shape[1:3], (kh, kw), strides, pads, strict=True):
-    out = (length + lo + hi - k) // s + 1
-    if out < 1:
-      raise ValueError(f"conv output would be empty: input {x.shape}, kernel {kernel.shape}")
-    q = -(-k // s)  # Taps of the stride-1 conv over the rearranged input.
-    taps.append(q)
-    sizes.append(out + q - 1)  # Rows of the rearranged input the output needs.
-    cut.append((lo, s * (out + q - 1) - length - lo))  # Pad (or crop) to exactly s·that.
-  x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*cut[0], 0), (*cut[1], 0), (0, 0, 0)))
-  (hq, wq), (qh, qw) = sizes, taps
-  x = x.reshape(b, hq, sh, wq, sw, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hq, wq, sh * sw * c)
+  x, _, (qh, qw) = _space_to_depth_grid(x, kernel.shape[:2], strides, pads)
+  x, (sh, sw) = _space_to_depth(x, strides), strides
   w = jnp.pad(kernel, ((0, qh * sh - kh), (0, qw * sw - kw), (0, 0), (0, 0)))
   w = w.reshape(qh, sh, qw, sw, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(qh, qw, sh * sw * c, o)
   return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=_DN)
@@ -311,19 +328,8 @@ def _conv_gemm(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
   of the padded input per tap) and ``y = P @ kernel (kh·kw·C, O)``.
   """
   kh, kw, c, o = kernel.shape
-  b = x.shape[0]
-  (sh, sw), outs, taps, sizes, cut = strides, [], [], [], []
-  for length, k, s, (lo, hi) in zip(x.shape[1:3], (kh, kw), strides, pads, strict=True):
-    out = (length + lo + hi - k) // s + 1
-    if out < 1:
-      raise ValueError(f"conv output would be empty: input {x.shape}, kernel {kernel.shape}")
-    q = -(-k // s)
-    outs.append(out)
-    taps.append(q)
-    sizes.append(out + q - 1)
-    cut.append((lo, s * (out + q - 1) - length - lo))
-  x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*cut[0], 0), (*cut[1], 0), (0, 0, 0)))
-  (hq, wq), (qh, qw), (oh, ow) = sizes, taps, outs
+  b, (sh, sw) = x.shape[0], strides
+  x, (oh, ow), (qh, qw) = _space_to_depth_grid(x, (kh, kw), strides, pads)
   if sh * sw * c < PATCHES_MAX_DEPTH:
     last = (sh * (oh - 1), sw * (ow - 1))
     patches = [
@@ -331,10 +337,11 @@ def _conv_gemm(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
     ]
     p = jnp.concatenate(patches, axis=-1).reshape(b * oh * ow, kh * kw * c)
     return jnp.dot(p, kernel.reshape(kh * kw * c, o)).reshape(b, oh, ow, o)
-  x = x.reshape(b, hq, sh, wq, sw, c).transpose(0, 1, 3, 2, 4, 5).reshape(b * hq * wq, -1)
+  x = _space_to_depth(x, strides)
+  hq, wq = x.shape[1:3]
   w = jnp.pad(kernel, ((0, qh * sh - kh), (0, qw * sw - kw), (0, 0), (0, 0)))
   w = w.reshape(qh, sh, qw, sw, c, o).transpose(1, 3, 4, 0, 2, 5).reshape(sh * sw * c, -1)
-  z = jnp.dot(x, w).reshape(b, hq, wq, qh, qw, o)
+  z = jnp.dot(x.reshape(b * hq * wq, -1), w).reshape(b, hq, wq, qh, qw, o)
   terms = [z[:, i : i + oh, j : j + ow, i, j] for i in range(qh) for j in range(qw)]
   return functools.reduce(jnp.add, terms)
 
