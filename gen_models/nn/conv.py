@@ -346,6 +346,16 @@ def _conv_gemm(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
   return functools.reduce(jnp.add, terms)
 
 
+def _adjoint_pads(kernel_shape, strides, pads, in_sizes, out_sizes) -> Pads:
+  """The pads of the strided conv, with the flipped kernel, that is the adjoint of a transposed
+  conv with ``pads`` from ``in_sizes`` to ``out_sizes``: ``(k − 1 − a, s·(n − 1) + k − m −
+  (k − 1 − a))`` per dimension (``a`` its low pad, ``n`` in, ``m`` out)."""
+  return tuple(
+    (k - 1 - a, s * (n - 1) + k - m - (k - 1 - a))
+    for k, s, (a, _), n, m in zip(kernel_shape, strides, pads, in_sizes, out_sizes, strict=True)
+  )
+
+
 def _conv_transpose_gemm(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
   """The transposed conv as the linear transpose of :func:`_conv_gemm` (``"gemm"``).
 
@@ -354,18 +364,16 @@ def _conv_transpose_gemm(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.
   ``jax.linear_transpose`` of that conv computes it: ``(B, H, W, C)`` → ``(B, H', W', O)``.
   """
   kh, kw, c, o = kernel.shape
-  outs, conv_pads_ = [], []
+  outs = []
   for length, k, s, (a, hi) in zip(x.shape[1:3], (kh, kw), strides, pads, strict=True):
     out = s * (length - 1) + 1 + a + hi - k + 1
     if out < 1:
       raise ValueError(f"conv_transpose output would be empty: {x.shape}, {kernel.shape}")
     outs.append(out)
-    conv_pads_.append((k - 1 - a, s * (length - 1) + k - out - (k - 1 - a)))
   flipped = _flip(kernel)
+  adjoint_pads = _adjoint_pads((kh, kw), strides, pads, x.shape[1:3], outs)
   shape = jax.ShapeDtypeStruct((x.shape[0], *outs, o), jnp.result_type(x, kernel))
-  adjoint = jax.linear_transpose(
-    lambda v: _conv_gemm(v, flipped, strides, tuple(conv_pads_)), shape
-  )
+  adjoint = jax.linear_transpose(lambda v: _conv_gemm(v, flipped, strides, adjoint_pads), shape)
   return adjoint(x.astype(shape.dtype))[0]
 
 
@@ -544,12 +552,7 @@ def _dilated_conv_bwd(strides, pads, phases, residuals, dz):
   """``dx[j] = Σ_t dz[s·j + a − t] w[t]``: a strided conv of ``dz`` padded by ``k − 1 − a``
   before, with the flipped kernel."""
   x, kernel = residuals
-  dx_pads = tuple(
-    (k - 1 - a, s * (length - 1) + k - out - (k - 1 - a))
-    for k, (a, _), length, out, s in zip(
-      kernel.shape[:2], pads, x.shape[1:3], dz.shape[1:3], strides, strict=True
-    )
-  )
+  dx_pads = _adjoint_pads(kernel.shape[:2], strides, pads, x.shape[1:3], dz.shape[1:3])
   dx = _strided_conv(dz, _flip(kernel), strides, dx_pads, phases)
   if phases:
     # ⟨dz, conv_transpose(x, w)⟩ = ⟨x, conv(dz, flip(w))⟩: the kernel-gradient is that of the
