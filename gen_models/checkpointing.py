@@ -19,6 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import Sharding
+from orbax.checkpoint._src.metadata import array_metadata_store  # As orbax's default handler.
 
 from gen_models.errors import UserError, first_line
 from gen_models.logs import warning
@@ -29,6 +30,19 @@ BAD_DIR = "bad_checkpoints"  # Sibling of the checkpoint directory: where bad st
 
 def _to_saveable(state: TrainState) -> TrainState:
   return state.replace(rng=jax.random.key_data(state.rng))
+
+
+def _array_handler_for_this_backend() -> None:
+  """On CPU, orbax writes each replicated array from one device instead of slicing it over
+  its replicas (``use_replica_parallel``, orbax's default except on GPU): the slices buy
+  nothing on host memory and each new shape compiled a ``jit(slice)`` per save, ~6 s a save
+  of a small model in a fresh process with 8 devices (measured, cProfile). The bytes written
+  are the same. GPU and TPU keep orbax's default."""
+  if jax.default_backend() == "cpu":
+    handler = ocp.type_handlers.ArrayHandler(
+      use_replica_parallel=False, array_metadata_store=array_metadata_store.Store()
+    )
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
 
 def _all_agree(ok: bool) -> bool:
@@ -58,6 +72,7 @@ class Checkpointer:
   ):
     self.directory = os.path.abspath(directory)
     self.read_only = read_only
+    _array_handler_for_this_backend()
     self._manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(
