@@ -145,14 +145,15 @@ def test_realnvp_toy_smoke(arg, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize(
   ("name", "arg"),
-  [("realnvp_cifar10", "smoke"), ("realnvp_mnist", "smoke"), ("realnvp_cifar10", "bfloat16,smoke")],
+  [("realnvp_cifar10", "smoke"), ("realnvp_mnist", "smoke")],
 )
 def test_realnvp_image_smoke(name, arg, tmp_path):
   """The paper's multi-scale flow (tiny nets) on mock images: bits/dim logged, samples are
-  images in [−1, 1] of the dataset's 32×32 (MNIST's 2-pixel border padded back); with
-  ``bfloat16`` its s/t nets compute in bfloat16."""
+  images in [−1, 1] of the dataset's 32×32 (MNIST's 2-pixel border padded back). ``:bfloat16``
+  changes only ``flow.compute_dtype`` (test_realnvp_bfloat16_argument), whose train step,
+  likelihood, dtypes and inverse test_realnvp checks: its own 80-s smoke here added no check."""
   config, final = _smoke(name, arg, tmp_path)
-  assert config.flow.compute_dtype == ("bfloat16" if "bfloat16" in arg else "float32")
+  assert config.flow.compute_dtype == "float32"
   assert {"bits_per_dim", "eval/bits_per_dim", "eval/nll"} <= set(final)
   d = 28 * 28 if name.endswith("mnist") else 32 * 32 * 3
   assert final["eval/bits_per_dim"] == pytest.approx(final["eval/nll"] / (d * np.log(2)))
