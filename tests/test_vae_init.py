@@ -36,8 +36,8 @@ def _config(**overrides):
 def _init(config, shape):
   encoder, decoder = vae.make_networks(config.vae, shape)
   return {
-    "e": encoder.init(jax.random.key(0), jnp.zeros((1, *shape)))["params"],
-    "d": decoder.init(jax.random.key(1), jnp.zeros((1, config.vae.latent_dim)))["params"],
+    "e": jax.jit(encoder.init)(jax.random.key(0), jnp.zeros((1, *shape)))["params"],
+    "d": jax.jit(decoder.init)(jax.random.key(1), jnp.zeros((1, config.vae.latent_dim)))["params"],
   }
 
 
