@@ -12,6 +12,7 @@ that it is never overwritten nor deleted, readers leave it where it is.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -32,6 +33,7 @@ def _to_saveable(state: TrainState) -> TrainState:
   return state.replace(rng=jax.random.key_data(state.rng))
 
 
+@functools.cache  # Once a process: the registry is orbax's global one.
 def _array_handler_for_this_backend() -> None:
   """On CPU, orbax writes each replicated array from one device instead of slicing it over
   its replicas (``use_replica_parallel``, orbax's default except on GPU): the slices buy
