@@ -236,14 +236,14 @@ def metric_extractor(config, kind: str):
       f"eval.final_num_samples must be 0 (= eval.num_samples) or >= {needed}, "
       f"got {config.eval.final_num_samples}"
     )
-  # Batches of 100 images, or of all of them when an evaluation has fewer (a padded batch of
-  # 100 for 12 images ran 8× the Inception work).
+  # Batches of extractors.BATCH_SIZE images, or of all of them when an evaluation has fewer
+  # (12 samples on 8 devices: batches of 16, not 6.5× that padded to 104).
   largest = max(config.eval.num_samples, config.eval.final_num_samples)
   extract = extractors.for_samples(
     config.eval.extractor,
     kind,
     config.eval.inception_weights or None,
-    batch_size=min(100, largest),
+    batch_size=min(extractors.BATCH_SIZE, largest),
     devices=jax.local_devices(),
     flag="--config.eval.inception_weights",
   )

@@ -22,6 +22,7 @@ from gen_models.errors import UserError
 
 Extractor = Callable[..., tuple[np.ndarray, np.ndarray | None]]
 NAMES = ("auto", "inception", "identity")
+BATCH_SIZE = 100  # Images a batch of the Inception extractor, by default.
 
 
 def identity(samples: np.ndarray, progress=None) -> tuple[np.ndarray, None]:
@@ -44,7 +45,7 @@ def from_function(fn: Callable[[np.ndarray], object]) -> Extractor:
 
 def inception(
   weights: str | None = None,
-  batch_size: int = 100,
+  batch_size: int = BATCH_SIZE,
   devices: Sequence[jax.Device] | None = None,
   flag: str | None = None,
 ) -> Extractor:
@@ -66,7 +67,7 @@ def for_samples(
   name: str,
   kind: str,
   weights: str | None = None,
-  batch_size: int = 100,
+  batch_size: int = BATCH_SIZE,
   devices: Sequence[jax.Device] | None = None,
   flag: str | None = None,
 ) -> Extractor:
