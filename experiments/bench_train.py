@@ -84,29 +84,9 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from experiments import cli, hardware
+from experiments import cli, hardware, train_steps
 from gen_models.errors import UserError
 
-# name -> (config module, example shape, (timed steps, warm-up steps) by backend). One cifar10
-# step (dim 64, batch 64, n_critic 5) takes seconds on a 2-core CPU, so CPU defaults are small.
-CONFIGS = {
-  "toy": ("wgan_gp_toy", (2,), {"default": (200, 10)}),
-  "cifar10": ("wgan_gp_cifar10", (32, 32, 3), {"default": (20, 2), "cpu": (3, 1)}),
-  "vae": ("beta_vae_dsprites", (64, 64, 1), {"default": (50, 5), "cpu": (20, 3)}),
-  "resnet": ("wgan_gp_cifar10_resnet", (32, 32, 3), {"default": (20, 2), "cpu": (2, 1)}),
-  "resnet_bf16": (
-    "wgan_gp_cifar10_resnet:bfloat16",
-    (32, 32, 3),
-    {"default": (20, 2), "cpu": (2, 1)},
-  ),
-  "flow": ("realnvp_toy", (2,), {"default": (200, 10)}),
-  "realnvp_cifar10": ("realnvp_cifar10", (32, 32, 3), {"default": (20, 2), "cpu": (2, 1)}),
-  "realnvp_cifar10_bf16": (
-    "realnvp_cifar10:bfloat16",
-    (32, 32, 3),
-    {"default": (20, 2), "cpu": (2, 1)},
-  ),
-}
 # Configs without a PyTorch eager peer (experiments/torch_peers.py has RealNVP on points only):
 # their rows have no ratio.
 NO_TORCH_PEER = ("realnvp_cifar10", "realnvp_cifar10_bf16")
@@ -114,9 +94,8 @@ NO_TORCH_PEER = ("realnvp_cifar10", "realnvp_cifar10_bf16")
 STRIDE_ONE = ("realnvp_cifar10", "realnvp_cifar10_bf16")
 # Configs with one Adam step per train step (no critic loop).
 NO_CRITIC_LOOP = ("vae", "flow", "realnvp_cifar10", "realnvp_cifar10_bf16")
-CONV_IMPLS = ("auto", "xla", "space_to_depth", "subpixel", "phases")
+CONV_IMPLS = ("auto", "xla", "space_to_depth", "subpixel", "phases", "gemm")
 LOOPS = ("scan", "unrolled")
-POOL = 4  # Distinct device-resident batches cycled through by the timed loop.
 # (net, kind, kernel size, spatial size of the input, C_in, C_out) of every stride-2 conv of
 # the DCGAN nets (WGAN-GP cifar10) and the β-VAE conv nets (dSprites), batch 64.
 LAYERS = (
@@ -137,7 +116,9 @@ LAYERS = (
 )
 LAYER_BATCH = 64
 
-_CONFIGS = flags.DEFINE_list("configs", ["toy", "cifar10", "vae"], f"Any of {', '.join(CONFIGS)}.")
+_CONFIGS = flags.DEFINE_list(
+  "configs", ["toy", "cifar10", "vae"], f"Any of {', '.join(train_steps.CONFIGS)}."
+)
 _STEPS = flags.DEFINE_integer(
   "steps", None, "Timed steps (default: toy 200; cifar10 20, 3 on CPU)."
 )
@@ -187,14 +168,6 @@ def _rate(x: float) -> str:
   return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
 
 
-def _si(x: float) -> str:
-  """``8.34e9`` → ``8.34G``."""
-  for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6)):
-    if abs(x) >= scale:
-      return f"{x / scale:.3g}{unit}"
-  return f"{x:.3g}"
-
-
 STEP_COLUMNS = (
   ("config", str),
   ("framework", str),
@@ -208,8 +181,8 @@ STEP_COLUMNS = (
   ("examples_per_s", _rate),
   ("ratio", lambda v: f"{v:.2f}"),
   ("ratio_range", lambda v: f"{v[0]:.2f}–{v[1]:.2f}"),
-  ("flops_per_step", _si),
-  ("flops_per_s", _si),
+  ("flops_per_step", hardware.si),
+  ("flops_per_s", hardware.si),
   ("percent_of_peak", lambda v: f"{v:.1f}"),
   ("loadavg_1m", lambda v: f"{v:.1f}"),
 )
@@ -238,68 +211,22 @@ LAYER_COLUMNS = (
 # Workers (each in its own process).
 
 
-def _config(name: str, spec: dict):
-  import importlib
-
-  from gen_models import config as config_lib
-
-  module, _, arg = CONFIGS[name][0].partition(":")  # "config_file:arg"
-  config = importlib.import_module(f"experiments.configs.{module}").get_config(arg or None)
-  if "gan" in config and spec.get("critic_loop") is not None:  # None: the config's own loop.
-    config.gan.unroll_critic = spec.get("critic_loop") == "unrolled"
-  config.conv_impl = spec.get("conv_impl") or "auto"
-  if spec.get("batch_size") is not None:
-    config.batch_size = spec["batch_size"]
-  return config_lib.validate(config)
-
-
-def _batches(name: str, config, shape, n_critic: int) -> list[np.ndarray]:
-  """``POOL`` host batches ``(n_critic, B, *shape)`` float32."""
-  from gen_models import data as data_lib
-
-  if name in ("toy", "flow"):
-    it = data_lib.StepIterator(data_lib.create(config, config.batch_size), n_critic)
-    return [next(it) for _ in range(POOL)]
-  rng = np.random.default_rng(0)
-  size = (n_critic, config.batch_size, *shape)
-  if name == "vae":  # Binary images, as dSprites.
-    return [(rng.random(size) < 0.1).astype(np.float32) for _ in range(POOL)]
-  if name.startswith(("resnet", "realnvp")):  # 8-bit images, as the dequantisation expects.
-    return [(rng.integers(0, 256, size) / 127.5 - 1).astype(np.float32) for _ in range(POOL)]
-  return [rng.standard_normal(size, dtype=np.float32) for _ in range(POOL)]
-
-
 def _jax_step(spec: dict) -> dict:
   """One row: compile time and throughput of the JAX train step."""
   from gen_models import devices as dev
-  from gen_models import models
 
-  name, shape = spec["config"], CONFIGS[spec["config"]][1]
-  config = _config(name, spec)
-  devices = jax.devices()[: spec["devices"]]
-  mesh = dev.make_mesh(devices)
-  dev.check_batch_size(config.batch_size, mesh)
-  family = models.make_family(config, shape)
-  n_critic = family.batches_per_step
-  state_sharding = dev.replicated(mesh)
-  state = jax.jit(family.init, out_shardings=state_sharding)(jax.random.key(config.seed))
-  pool = [dev.global_batch(b, mesh, batch_axis=1) for b in _batches(name, config, shape, n_critic)]
-  step_fn = jax.jit(
-    family.train_step,
-    in_shardings=(state_sharding, dev.batch_sharding(mesh, batch_axis=1)),
-    out_shardings=(state_sharding, state_sharding),
-    donate_argnums=0,
-  )
+  name = spec["config"]
+  step_fn, state, pool, config, n_critic = train_steps.make_step(spec)
   t0 = time.perf_counter()
   lowered = step_fn.lower(state, pool[0])
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   for i in range(spec["warmup"]):
-    state, metrics = compiled(state, pool[i % POOL])
+    state, metrics = compiled(state, pool[i % train_steps.POOL])
   jax.block_until_ready(state)
   t0 = time.perf_counter()
   for i in range(spec["steps"]):
-    state, metrics = compiled(state, pool[i % POOL])
+    state, metrics = compiled(state, pool[i % train_steps.POOL])
   jax.block_until_ready((state, metrics))
   elapsed = time.perf_counter() - t0
   if not all(np.isfinite(float(v)) for v in dev.to_host(metrics).values()):
@@ -322,8 +249,8 @@ def _model_flops(name: str, spec: dict) -> dict:
   nets compute in. The same count serves every row of a config, PyTorch's too."""
   from gen_models import models
 
-  config = _config(name, {**spec, "conv_impl": "xla", "critic_loop": "unrolled"})
-  shape = CONFIGS[name][1]
+  config = train_steps.config_for(name, {**spec, "conv_impl": "xla", "critic_loop": "unrolled"})
+  shape = train_steps.CONFIGS[name][1]
   family = models.make_family(config, shape)
   state = jax.eval_shape(family.init, jax.random.key(config.seed))
   batch = jax.ShapeDtypeStruct((family.batches_per_step, config.batch_size, *shape), np.float32)
@@ -355,8 +282,8 @@ def _torch_step(spec: dict) -> dict:
   from experiments import torch_peers
 
   sync = _torch_setup(spec)
-  name, shape = spec["config"], CONFIGS[spec["config"]][1]
-  config = _config(name, spec)
+  name, shape = spec["config"], train_steps.CONFIGS[spec["config"]][1]
+  config = train_steps.config_for(name, spec)
   torch_shape = shape if len(shape) == 1 else (shape[2], shape[0], shape[1])
   if config.model == "vae":
     peer, n_critic = torch_peers.BetaVAE(config, shape, seed=config.seed), 1
@@ -366,18 +293,18 @@ def _torch_step(spec: dict) -> dict:
     peer, n_critic = torch_peers.WGANGP(config, shape, seed=config.seed), config.gan.n_critic
   gen = torch.Generator().manual_seed(0)
   size = (n_critic, config.batch_size, *torch_shape)
-  pool = [torch.randn(size, generator=gen, device="cpu") for _ in range(POOL)]
+  pool = [torch.randn(size, generator=gen, device="cpu") for _ in range(train_steps.POOL)]
   if config.model == "vae":
     pool = [(b > 1.28).float() for b in pool]  # Binary, about 10 % ones, as dSprites.
   if name.startswith("resnet"):  # 8-bit images, as the dequantisation expects.
     pool = [torch.randint(0, 256, size, generator=gen, device="cpu") / 127.5 - 1 for _ in pool]
   pool = [b.to(spec["torch_device"]) for b in pool]
   for i in range(spec["warmup"]):
-    peer.step(pool[i % POOL])
+    peer.step(pool[i % train_steps.POOL])
   sync()
   t0 = time.perf_counter()
   for i in range(spec["steps"]):
-    metrics = peer.step(pool[i % POOL])
+    metrics = peer.step(pool[i % train_steps.POOL])
   sync()
   elapsed = time.perf_counter() - t0
   if not all(np.isfinite(v) for v in metrics.values()):
@@ -519,12 +446,16 @@ def _spawn(spec: dict, tmp: str, env: dict | None = None) -> dict:
 
 
 def _step_rows(name: str, tmp: str) -> list[dict]:
-  defaults = CONFIGS[name][2]
+  defaults = train_steps.CONFIGS[name][2]
   steps, warmup = defaults.get(jax.default_backend(), defaults["default"])
   steps = _STEPS.value if _STEPS.value is not None else steps
   warmup = _WARMUP.value if _WARMUP.value is not None else warmup
   common = {"config": name, "steps": steps, "warmup": warmup, "batch_size": _BATCH_SIZE.value}
-  impls = _CONV_IMPLS.value if len(CONFIGS[name][1]) == 3 and name not in STRIDE_ONE else ["-"]
+  impls = (
+    _CONV_IMPLS.value
+    if len(train_steps.CONFIGS[name][1]) == 3 and name not in STRIDE_ONE
+    else ["-"]
+  )
   loops = _LOOPS.value if name not in NO_CRITIC_LOOP else ["-"]
   specs = []
   if _TORCH.value and name not in NO_TORCH_PEER:
@@ -611,7 +542,7 @@ def _sweep_counts() -> list[tuple[int, bool]]:
 
 def _sweep_rows(name: str, tmp: str) -> list[dict]:
   """The JAX step of ``name`` on each device count; speedup and efficiency vs the first row."""
-  defaults = CONFIGS[name][2]
+  defaults = train_steps.CONFIGS[name][2]
   steps, warmup = defaults.get(jax.default_backend(), defaults["default"])
   steps = _STEPS.value if _STEPS.value is not None else steps
   warmup = _WARMUP.value if _WARMUP.value is not None else warmup
@@ -667,9 +598,11 @@ def _layer_rows(tmp: str) -> list[dict]:
 
 
 def run() -> dict:
-  unknown = [n for n in _CONFIGS.value if n not in CONFIGS]
+  unknown = [n for n in _CONFIGS.value if n not in train_steps.CONFIGS]
   if unknown or not _CONFIGS.value:
-    raise UserError(f"--configs must name some of {', '.join(CONFIGS)}; got {_CONFIGS.value}")
+    raise UserError(
+      f"--configs must name some of {', '.join(train_steps.CONFIGS)}; got {_CONFIGS.value}"
+    )
   if (_STEPS.value is not None and _STEPS.value < 1) or (_WARMUP.value or 0) < 0:
     raise UserError("--steps must be >= 1 and --warmup >= 0")
   bad_impls = [i for i in _CONV_IMPLS.value if i not in CONV_IMPLS]
@@ -740,7 +673,7 @@ def main(argv):
     f"jax {results['jax_version']}, {results['num_devices']} × {results['device_kind']}, "
     f"{results['date']}"
   )
-  gemms = ", ".join(_si(g["flops_per_s"]) for g in results["gemm_peak"])
+  gemms = ", ".join(hardware.si(g["flops_per_s"]) for g in results["gemm_peak"])
   load = [f"{v:.1f}" for v in (*results["loadavg_before"], *results["loadavg_after"])]
   print(
     f"float32 GEMM (before, after the steps): {gemms} FLOP/s; load average (1, 5, 15 min) "

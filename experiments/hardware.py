@@ -18,9 +18,23 @@ import time
 import jax
 import jax.numpy as jnp
 
-# Dense (no sparsity) peaks in FLOP/s by GPU name and precision, from the vendor's data sheet
-# (NVIDIA H200 SXM: 989 TFLOP/s bf16, 495 TF32, 67 FP32).
-GPU_PEAKS = {"H200": {"bfloat16": 989e12, "tf32": 495e12, "float32": 67e12}}
+# Dense (no sparsity) peaks in FLOP/s by GPU name and precision, from the vendor's data sheets
+# (NVIDIA H200 SXM and H100 SXM, the same Hopper chip: 989 TFLOP/s bf16, 495 TF32, 67 FP32;
+# H100 PCIe: 756, 378, 51). The first name contained in the device kind applies, so the PCIe
+# part comes before the SXM part ("NVIDIA H100 80GB HBM3").
+GPU_PEAKS = {
+  "H200": {"bfloat16": 989e12, "tf32": 495e12, "float32": 67e12},
+  "H100 PCIe": {"bfloat16": 756e12, "tf32": 378e12, "float32": 51e12},
+  "H100": {"bfloat16": 989e12, "tf32": 495e12, "float32": 67e12},
+}
+
+
+def si(x: float) -> str:
+  """``8.34e9`` → ``8.34G`` (the benchmarks' tables)."""
+  for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6)):
+    if abs(x) >= scale:
+      return f"{x / scale:.3g}{unit}"
+  return f"{x:.3g}"
 
 
 def flops(fn, *args) -> float | None:

@@ -31,6 +31,9 @@ def test_gpu_peaks_by_precision():
   # float32 steps run their matmuls and convs in TF32 (XLA's default precision on the GPU).
   assert hardware.gpu_peak("NVIDIA H200", "float32") == ("tf32", 495e12)
   assert hardware.gpu_peak("NVIDIA A100", "float32") is None
+  # The lent H100 is the SXM part (the H200's chip); the PCIe part has lower clocks.
+  assert hardware.gpu_peak("NVIDIA H100 80GB HBM3", "bfloat16") == ("bfloat16", 989e12)
+  assert hardware.gpu_peak("NVIDIA H100 PCIe", "float32") == ("tf32", 378e12)
 
 
 def test_add_flop_rates():

@@ -1,0 +1,90 @@
+"""The train steps the benchmarks time and profile (``experiments.bench_train``,
+``experiments.profile_step``): each config's step jitted as the trainer jits it, with batches of
+the right kind already on the devices. No flags here, so both commands can import it."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+# name -> (config module, example shape, (timed steps, warm-up steps) by backend). One cifar10
+# step (dim 64, batch 64, n_critic 5) takes seconds on a 2-core CPU, so CPU defaults are small.
+CONFIGS = {
+  "toy": ("wgan_gp_toy", (2,), {"default": (200, 10)}),
+  "cifar10": ("wgan_gp_cifar10", (32, 32, 3), {"default": (20, 2), "cpu": (3, 1)}),
+  "vae": ("beta_vae_dsprites", (64, 64, 1), {"default": (50, 5), "cpu": (20, 3)}),
+  "resnet": ("wgan_gp_cifar10_resnet", (32, 32, 3), {"default": (20, 2), "cpu": (2, 1)}),
+  "resnet_bf16": (
+    "wgan_gp_cifar10_resnet:bfloat16",
+    (32, 32, 3),
+    {"default": (20, 2), "cpu": (2, 1)},
+  ),
+  "flow": ("realnvp_toy", (2,), {"default": (200, 10)}),
+  "realnvp_cifar10": ("realnvp_cifar10", (32, 32, 3), {"default": (20, 2), "cpu": (2, 1)}),
+  "realnvp_cifar10_bf16": (
+    "realnvp_cifar10:bfloat16",
+    (32, 32, 3),
+    {"default": (20, 2), "cpu": (2, 1)},
+  ),
+}
+POOL = 4  # Distinct device-resident batches cycled through by the timed loop.
+
+
+def config_for(name: str, spec: dict):
+  import importlib
+
+  from gen_models import config as config_lib
+
+  module, _, arg = CONFIGS[name][0].partition(":")  # "config_file:arg"
+  config = importlib.import_module(f"experiments.configs.{module}").get_config(arg or None)
+  if "gan" in config and spec.get("critic_loop") is not None:  # None: the config's own loop.
+    config.gan.unroll_critic = spec.get("critic_loop") == "unrolled"
+  config.conv_impl = spec.get("conv_impl") or "auto"
+  if spec.get("batch_size") is not None:
+    config.batch_size = spec["batch_size"]
+  return config_lib.validate(config)
+
+
+def host_batches(name: str, config, shape, n_critic: int) -> list[np.ndarray]:
+  """``POOL`` host batches ``(n_critic, B, *shape)`` float32."""
+  from gen_models import data as data_lib
+
+  if name in ("toy", "flow"):
+    it = data_lib.StepIterator(data_lib.create(config, config.batch_size), n_critic)
+    return [next(it) for _ in range(POOL)]
+  rng = np.random.default_rng(0)
+  size = (n_critic, config.batch_size, *shape)
+  if name == "vae":  # Binary images, as dSprites.
+    return [(rng.random(size) < 0.1).astype(np.float32) for _ in range(POOL)]
+  if name.startswith(("resnet", "realnvp")):  # 8-bit images, as the dequantisation expects.
+    return [(rng.integers(0, 256, size) / 127.5 - 1).astype(np.float32) for _ in range(POOL)]
+  return [rng.standard_normal(size, dtype=np.float32) for _ in range(POOL)]
+
+
+def make_step(spec: dict):
+  """The JAX train step of ``spec["config"]`` as the trainer jits it, on ``spec["devices"]``
+  devices (``spec`` also takes ``conv_impl``, ``critic_loop`` and ``batch_size``, as
+  :func:`config_for`): ``(step_fn, state, pool, config, n_critic)``, with ``POOL`` device
+  batches ``(n_critic, B, *shape)`` and the state replicated; ``step_fn`` donates the state."""
+  from gen_models import devices as dev
+  from gen_models import models
+
+  name, shape = spec["config"], CONFIGS[spec["config"]][1]
+  config = config_for(name, spec)
+  devices = jax.devices()[: spec["devices"]]
+  mesh = dev.make_mesh(devices)
+  dev.check_batch_size(config.batch_size, mesh)
+  family = models.make_family(config, shape)
+  n_critic = family.batches_per_step
+  state_sharding = dev.replicated(mesh)
+  state = jax.jit(family.init, out_shardings=state_sharding)(jax.random.key(config.seed))
+  pool = [
+    dev.global_batch(b, mesh, batch_axis=1) for b in host_batches(name, config, shape, n_critic)
+  ]
+  step_fn = jax.jit(
+    family.train_step,
+    in_shardings=(state_sharding, dev.batch_sharding(mesh, batch_axis=1)),
+    out_shardings=(state_sharding, state_sharding),
+    donate_argnums=0,
+  )
+  return step_fn, state, pool, config, n_critic
