@@ -97,15 +97,18 @@ def profile(output: str) -> dict:
     if not paths:
       raise UserError(f"the profiler wrote no trace under {trace_dir}")
     planes = jax.profiler.ProfileData.from_file(paths[-1]).planes
+    ops = profiling.parse_hlo(hlo)
     events = profiling.op_events(planes, profiling.module_name(hlo))
+    matched_by = "hlo_module"
+    if not events:  # A backend that names the module otherwise: the step's ops by name.
+      events = [e for e in profiling.op_events(planes, None) if e[0] in ops]
+      matched_by = "hlo_op names"
   finally:
     if not _KEEP.value:
       shutil.rmtree(trace_dir, ignore_errors=True)
   if not events:
-    raise UserError("the trace holds no event of the step's module (no hlo_op stats)")
-  summary = profiling.summarize(
-    profiling.parse_hlo(hlo), events, _STEPS.value, traced_s, _TOP.value
-  )
+    raise UserError("the trace holds no event of the step's ops (no hlo_op stats)")
+  summary = profiling.summarize(ops, events, _STEPS.value, traced_s, _TOP.value)
   device = jax.devices()[0]
   return {
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -119,6 +122,7 @@ def profile(output: str) -> dict:
     "compile_s": compile_s,
     "untraced_s_per_step": untraced_s / _STEPS.value,
     "program_flops_per_step": hardware.flops_of_lowered(lowered),
+    "events_matched_by": matched_by,
     **summary,
   }
 

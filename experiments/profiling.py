@@ -303,11 +303,11 @@ def module_name(hlo_text: str) -> str:
   return m.group(1) if m else ""
 
 
-def op_events(planes, module: str) -> list[tuple[str, int, int]]:
-  """``(hlo_op, start_ns, duration_ns)`` of every event of ``module`` in ``planes``
-  (``jax.profiler.ProfileData(...).planes``): from the planes named ``/device:…`` where there
-  are any, else from all; a plane's derived line ``XLA Ops``, where it has one, instead of its
-  other lines (the same ops twice)."""
+def op_events(planes, module: str | None) -> list[tuple[str, int, int]]:
+  """``(hlo_op, start_ns, duration_ns)`` of every event of ``module`` (None: of any module) in
+  ``planes`` (``jax.profiler.ProfileData(...).planes``): from the planes named ``/device:…``
+  where there are any, else from all; a plane's derived line ``XLA Ops``, where it has one,
+  instead of its other lines (the same ops twice)."""
   planes = list(planes)
   device = [p for p in planes if p.name.startswith("/device:")]
   events = []
@@ -318,7 +318,7 @@ def op_events(planes, module: str) -> list[tuple[str, int, int]]:
       for event in line.events:
         stats = dict(event.stats)
         op = stats.get("hlo_op")
-        if op and str(stats.get("hlo_module", module)) == module:
+        if op and (module is None or str(stats.get("hlo_module", module)) == module):
           events.append((str(op), int(event.start_ns), int(event.duration_ns)))
   return events
 

@@ -132,6 +132,7 @@ def test_events_come_from_the_device_planes_and_their_module():
   gpu = types.SimpleNamespace(name="/device:GPU:0", lines=[stream])
   assert profiling.op_events([host, gpu], "m") == [("f", 10, 4)]
   assert profiling.op_events([host], "m") == [("f", 0, 5)]
+  assert profiling.op_events([gpu], None) == [("f", 10, 4), ("g", 20, 3)]
 
 
 def test_summary_totals_per_step():
