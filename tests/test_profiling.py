@@ -180,6 +180,3 @@ def test_profile_step_bad_input_is_one_line(tmp_path):
   assert_one_line_error(run_cli("experiments.profile_step", "--config=toy"), "--output")
   proc = run_cli("experiments.profile_step", "--steps=0", f"--output={tmp_path}")
   assert_one_line_error(proc, "--steps")
-  assert_one_line_error(
-    run_cli("experiments.profile_step", "--config=nope", f"--output={tmp_path}"), "config"
-  )
