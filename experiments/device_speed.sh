@@ -17,12 +17,8 @@ OUT=${1:?usage: bash experiments/device_speed.sh OUT}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/device_speed.log") 2>&1
 date -u
-python - <<'EOF'
-import jax
-print("jax", jax.__version__, jax.devices())
-EOF
+. "$(dirname "$0")/device_env.sh"
 nvidia-smi --query-gpu=name,memory.total,utilization.gpu --format=csv 2>/dev/null || true
-export XLA_PYTHON_CLIENT_PREALLOCATE=false
 
 if [ "${SMOKE:-0}" = 1 ]; then
   PROFILES=(toy flow)
@@ -40,16 +36,16 @@ stage=0
 for config in "${PROFILES[@]}"; do
   stage=$((stage + 1))
   echo "== $stage. profile of the $config step"
-  timeout 150 python -m experiments.profile_step --config="$config" "${PROFILE_STEPS[@]}" \
+  timeout 150 "$PYTHON" -m experiments.profile_step --config="$config" "${PROFILE_STEPS[@]}" \
     --output="$OUT/profile_$config" || echo "profile_step $config: exit $?"
   gzip -f "$OUT/profile_$config/step.hlo.txt" 2>/dev/null || true
 done
 
 echo "== RealNVP CIFAR-10 rows (no PyTorch peer)"
-timeout 180 python -m experiments.bench_train "${ROWS[@]}" --nolayers --device_sweep= \
+timeout 180 "$PYTHON" -m experiments.bench_train "${ROWS[@]}" --nolayers --device_sweep= \
   --output="$OUT/bench_realnvp.json" || echo "bench_train realnvp: exit $?"
 
 echo "== conv_impl on the GPU: β-VAE and DCGAN steps, and their layers"
-timeout 180 python -m experiments.bench_train "${CONVS[@]}" --critic_loops=unrolled \
+timeout 180 "$PYTHON" -m experiments.bench_train "${CONVS[@]}" --critic_loops=unrolled \
   --device_sweep= --output="$OUT/bench_conv_impls.json" || echo "bench_train conv_impls: exit $?"
 date -u

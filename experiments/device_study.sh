@@ -16,10 +16,7 @@ SEEDS=${SEEDS:-3}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/device_study.log") 2>&1
 date -u
-python - <<'EOF'
-import jax
-print("jax", jax.__version__, jax.devices())
-EOF
+. "$(dirname "$0")/device_env.sh"
 nvidia-smi --query-gpu=name,memory.total,utilization.gpu --format=csv 2>/dev/null || true
 
 if [ "${SMOKE:-0}" = 1 ]; then
@@ -37,7 +34,7 @@ else
 fi
 
 echo "== 1/3 population benchmark"
-timeout 180 python -m experiments.bench_population "${BENCH[@]}" \
+timeout 180 "$PYTHON" -m experiments.bench_population "${BENCH[@]}" \
   --output="$OUT/bench_population_vae.json" || echo "bench_population: exit $?"
 
 echo "== 2/3 the study ($SWEEP × $SEEDS seeds, $MINUTES min of training)"
@@ -47,6 +44,6 @@ env CONFIG="$CONFIG" SWEEP="$SWEEP" SEEDS="$SEEDS" "${STUDY_ENV[@]}" \
 rm -rf "$OUT/study/measure/checkpoints" "$OUT/study/run/checkpoints"  # Too large to bring back.
 
 echo "== 3/3 metrics benchmark"
-timeout 240 python -m experiments.bench_disentanglement "${METRICS[@]}" \
+timeout 240 "$PYTHON" -m experiments.bench_disentanglement "${METRICS[@]}" \
   --output="$OUT/bench_disentanglement.json" || echo "bench_disentanglement: exit $?"
 date -u

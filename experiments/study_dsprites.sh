@@ -13,6 +13,7 @@
 #   MEASURE  [300]          steps of the measuring run (compile excluded from its rate)
 #   EVAL     []             extra flags of evaluate_disentanglement, e.g. "--num_train=40"
 #   EXTRA    []             extra training flags, e.g. "--config.dataset.name=dsprites …"
+#   PYTHON   [python3]      the interpreter (on a lent GPU machine: the image's, with jax)
 # Writes OUT_DIR/run (the population's workdir), OUT_DIR/plan.json (the measured rate and the
 # steps chosen), OUT_DIR/run/results/disentanglement_step*.json and OUT_DIR/report/.
 set -euo pipefail
@@ -24,18 +25,19 @@ SEEDS=${SEEDS:-3}
 MEASURE=${MEASURE:-300}
 EVAL=${EVAL:-}
 EXTRA=${EXTRA:-}
+PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
 POP=(--config.population.sweep="$SWEEP" --config.population.seeds="$SEEDS")
 
 echo "== 1/4 measure: $MEASURE steps of the population ($SWEEP × $SEEDS seeds)" >&2
 rm -rf "$OUT/measure"
 # shellcheck disable=SC2086
-python -m experiments.main --config="$CONFIG" --workdir="$OUT/measure" "${POP[@]}" \
+"$PYTHON" -m experiments.main --config="$CONFIG" --workdir="$OUT/measure" "${POP[@]}" \
   --config.num_train_steps="$MEASURE" --config.log_every_steps=$(((MEASURE + 2) / 3)) \
   --config.eval_every_steps=1000000000 --config.sample_every_steps=1000000000 \
   --config.checkpoint_every_steps=1000000000 $EXTRA
 
-python - "$OUT" "$MINUTES" "$CONFIG" <<'EOF'
+"$PYTHON" - "$OUT" "$MINUTES" "$CONFIG" <<'EOF'
 import importlib.util, json, sys
 out, minutes, config = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 path, _, arg = config.partition(":")
@@ -53,12 +55,12 @@ json.dump(plan, open(f"{out}/plan.json", "w"), indent=2)
 print(f"{plan['members']} members at {rate:.1f} steps/s: {steps} steps fit in {minutes:g} min "
       f"({100 * steps / target:.1f}% of {target})", file=sys.stderr)
 EOF
-STEPS=$(python -c "import json; print(json.load(open('$OUT/plan.json'))['steps'])")
+STEPS=$("$PYTHON" -c "import json; print(json.load(open('$OUT/plan.json'))['steps'])")
 
 echo "== 2/4 train: $STEPS steps (SIGTERM after the budget leaves a resumable checkpoint)" >&2
 set +e
 # shellcheck disable=SC2086
-timeout -s TERM $((${MINUTES%.*} * 60 + 120)) python -m experiments.main --config="$CONFIG" \
+timeout -s TERM $((${MINUTES%.*} * 60 + 120)) "$PYTHON" -m experiments.main --config="$CONFIG" \
   --workdir="$OUT/run" "${POP[@]}" --config.num_train_steps="$STEPS" $EXTRA
 code=$?
 set -e
@@ -66,7 +68,7 @@ if [ "$code" -ne 0 ] && [ "$code" -ne 75 ]; then echo "training failed ($code)" 
 
 echo "== 3/4 metrics of every member" >&2
 # shellcheck disable=SC2086
-python -m experiments.evaluate_disentanglement --workdir="$OUT/run" $EVAL
+"$PYTHON" -m experiments.evaluate_disentanglement --workdir="$OUT/run" $EVAL
 
 echo "== 4/4 report" >&2
-python -m experiments.report --workdir="$OUT/run" --output="$OUT/report"
+"$PYTHON" -m experiments.report --workdir="$OUT/run" --output="$OUT/report"

@@ -1,0 +1,24 @@
+# Sourced by the device scripts (device_study.sh, device_speed.sh) on a lent GPU machine:
+# PYTHON is the interpreter with jax (the image's `python3`), the wheels that
+# experiments/device_wheels.sh fetched into .whl/ (if the call carried them) are installed to
+# /tmp/site and put first on PYTHONPATH (only packages the image lacks are there), and jax does
+# not preallocate the GPU's memory. Prints what is missing, if anything, before any run starts.
+PYTHON=${PYTHON:-python3}
+if compgen -G ".whl/*.whl" > /dev/null; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+"$PYTHON" - <<'PYEOF' || echo "device_env: an import failed (above); runs needing it will fail"
+import importlib
+import jax
+print("jax", jax.__version__, jax.devices())
+missing = []
+for name in ("flax", "optax", "orbax.checkpoint", "chex", "ml_collections", "grain",
+             "tensorboardX", "sklearn", "matplotlib", "gen_models", "experiments"):
+  try:
+    importlib.import_module(name)
+  except Exception as e:
+    missing.append(f"{name} ({type(e).__name__}: {e})")
+print("missing:", "; ".join(missing) if missing else "nothing")
+PYEOF
