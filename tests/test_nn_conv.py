@@ -87,7 +87,8 @@ def _check_all(kind, impl, x, w, cases):
 @pytest.mark.parametrize("kind", ["conv", "conv_transpose"])
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
 def test_values_and_gradients_equal_lax(kind, impl, k):
-  # Stride 1 takes lax's own path in every implementation; stride 2 is the work.
+  # Stride 1 with 3 → 4 channels is lax's own conv in every implementation (with ≥ 16: the
+  # stride-one gemm test below); stride 2 is the work.
   cases = [((2, 2), p) for p in PADDINGS] + [((1, 1), "SAME")]
   _check_all(kind, impl, _random((2, 7, 8, 3), 0), _random((k, k, 3, 4), 1), cases)
 
@@ -128,6 +129,35 @@ def test_second_derivatives_equal_lax(kind, impl, k, padding):
   want = penalty_grad(_reference(kind))(w, x)
   for g, r in zip(got, want, strict=True):
     _assert_close(g, r, f"{kind} {impl} k{k} second derivative")
+
+
+@pytest.mark.parametrize(
+  "k, padding", [(3, "SAME"), (3, "VALID"), (2, ((1, 0), (2, 1))), (1, "SAME"), (1, 1)]
+)
+def test_stride_one_gemm_equals_lax_to_second_order(k, padding):
+  """``gemm`` at stride 1 with ≥ 16 channels both sides (ResNet, RealNVP s/t nets): a 1×1 conv
+  is one matrix product, others XLA's conv with the kernel-gradient as one product per tap.
+  Values, both VJPs and the gradient penalty's double backward equal lax's."""
+  x, w = _random((2, 7, 6, 16), 0), 0.2 * _random((k, k, 16, 24), 1)
+  _check_all("conv", "gemm", x, w, [((1, 1), padding)])
+  ref, ours = _reference("conv"), _ours("conv", "gemm")
+
+  def penalty_grad(f):
+    def penalty(w, x):
+      gx = jax.grad(lambda x: jnp.sum(jnp.sin(f(x, w, (1, 1), padding))))(x)
+      return jnp.sum(jnp.square(gx))
+
+    return jax.jit(jax.grad(penalty, argnums=(0, 1)))
+
+  for g, r in zip(penalty_grad(ours)(w, x), penalty_grad(ref)(w, x), strict=True):
+    _assert_close(g, r, f"stride-1 gemm k{k} {padding} second derivative")
+  grad = jax.jit(jax.grad(lambda w: jnp.sum(ours(x, w, (1, 1), padding) ** 2)))
+  text = grad.lower(w).as_text()
+  if k == 1 and padding != 1:  # No convolution at all.
+    assert text.count("stablehlo.convolution") == 0
+  else:  # XLA's forward and input-gradient; the kernel-gradient: k² matrix products.
+    assert text.count("stablehlo.convolution") == 1
+    assert text.count("stablehlo.dot_general") == k * k
 
 
 def _nontrivial_lhs_dilations(text: str) -> int:

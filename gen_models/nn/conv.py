@@ -65,8 +65,17 @@ compute it differs, chosen by ``impl`` (config key ``conv_impl``):
     middle layers), and for the DCGAN's 3-channel layers its patches doubled the step's compile
     time for no measurable gain.
 
+    **Stride 1** with both channel counts ≥ ``GEMM_MIN_CHANNELS`` (the ResNets' and the RealNVP
+    s/t nets' convs): a 1×1 conv without padding is one matrix product (in every derivative);
+    any other is XLA's conv forward and for its input-gradient (stride-1 convs, fast), with its
+    kernel-gradient as one matrix product per tap, ``dw[a, b] = x_pad[:, a:a+H', b:b+W']ᵀ · dy``
+    over ``B·H'·W'`` rows (:func:`_stride_one_conv`): XLA:CPU computes that gradient as a
+    convolution over the batch, 6 GFLOP/s for a 3×3 conv of 32²×64, batch 64, against 36 as
+    products. Every other stride-1 conv is XLA's under every ``impl``.
+
 ``"auto"`` (default)
-    On CPU ``"gemm"`` where it pays (above; ``_gemm_pays``: every β-VAE layer), else
+    On CPU ``"gemm"`` where it pays (above; ``_gemm_pays``: every β-VAE layer and the stride-1
+    convs of the ResNets and RealNVP s/t nets), else
     ``"phases"``, except transposed convs with at most ``XLA_MAX_OUT`` output channels, which
     keep XLA's own kernel (the DCGAN generator's last layer).
     ``"subpixel"`` on GPU: on an H200 (jax 0.11.2, 2026-11-26) it made the β-VAE step 2.2× and
@@ -268,6 +277,12 @@ def conv2d(
   kh, kw, c, o = kernel.shape
   pads = conv_pads(x.shape[1:3], (kh, kw), strides, padding)
   impl = resolve_impl(impl, in_channels=c, out_channels=o, kernel_size=(kh, kw), strides=strides)
+  pads = tuple(tuple(p) for p in pads)
+  stride_one_gemm = impl == "gemm" and min(c, o) >= GEMM_MIN_CHANNELS
+  if strides == (1, 1) and stride_one_gemm and min(min(p) for p in pads) >= 0:
+    if (kh, kw) == (1, 1) and pads == ((0, 0), (0, 0)):  # One matrix product, all orders.
+      return jnp.dot(x.reshape(-1, c), kernel.reshape(c, o)).reshape(*x.shape[:3], o)
+    return _stride_one_conv(x, kernel, pads)
   if impl == "xla" or strides == (1, 1):
     return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN)
   if impl == "gemm":
@@ -344,6 +359,44 @@ def _conv_gemm(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
   z = jnp.dot(x.reshape(b * hq * wq, -1), w).reshape(b, hq, wq, qh, qw, o)
   terms = [z[:, i : i + oh, j : j + ow, i, j] for i in range(qh) for j in range(qw)]
   return functools.reduce(jnp.add, terms)
+
+
+def _conv_s1(x: jax.Array, kernel: jax.Array, pads: Pads) -> jax.Array:
+  return lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_DN)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _stride_one_conv(x: jax.Array, kernel: jax.Array, pads: Pads) -> jax.Array:
+  """XLA's stride-1 conv (``"gemm"`` with both channel counts ≥ :data:`GEMM_MIN_CHANNELS`),
+  whose kernel-gradient is one matrix product per tap:
+  ``dw[a, b] = x_pad[:, a : a + H', b : b + W']ᵀ · dy`` over ``B·H'·W'`` rows (XLA:CPU's own
+  filter gradient, a convolution over the batch, ran 6 GFLOP/s for 3×3, 32²×64, batch 64:
+  docs/BENCHMARKS.md). The input-gradient stays XLA's (a stride-1 conv again)."""
+  return _conv_s1(x, kernel, pads)
+
+
+def _stride_one_conv_fwd(x, kernel, pads):
+  return _conv_s1(x, kernel, pads), (x, kernel)
+
+
+def _stride_one_conv_bwd(pads, residuals, dy):
+  x, kernel = residuals
+  kh, kw, c, o = kernel.shape
+  _, x_vjp = jax.vjp(lambda v: _conv_s1(v, kernel, pads), x)
+  x_pad = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  oh, ow = dy.shape[1:3]
+  rows = dy.reshape(-1, o)
+  taps = [
+    jnp.dot(
+      x_pad[:, a : a + oh, b : b + ow].reshape(-1, c).T, rows, preferred_element_type=jnp.float32
+    )
+    for a in range(kh)
+    for b in range(kw)
+  ]
+  return x_vjp(dy)[0], jnp.stack(taps).reshape(kh, kw, c, o).astype(kernel.dtype)
+
+
+_stride_one_conv.defvjp(_stride_one_conv_fwd, _stride_one_conv_bwd)
 
 
 def _adjoint_pads(kernel_shape, strides, pads, in_sizes, out_sizes) -> Pads:
