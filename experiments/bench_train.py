@@ -39,8 +39,9 @@ pipeline (``experiments.bench_input`` measures that).
   features, batch 64), its s/t nets computing in float32 and in bfloat16 (``:bfloat16``; the
   likelihood's arithmetic is float32 in both), on random 8-bit images; one Adam step on
   bits/dim per train step (``n_critic`` 1). No PyTorch peer (``NO_TORCH_PEER``: ``ratio`` is
-  empty) and one ``conv_impl`` row (the config's: its convs are all stride 1, where every
-  ``conv_impl`` is the same program). Meant for accelerators: one CPU step takes many seconds.
+  empty) and one ``conv_impl`` row (the config's ``auto``: its convs are all stride 1, where
+  only ``gemm`` differs, ``auto``'s choice on CPU). Meant for accelerators: one CPU step takes
+  many seconds.
 
 **Layers** (``--layers``): forward + backward (gradients of ``Σ y²`` with respect to the input
 and the kernel) of every stride-2 conv shape of the DCGAN and β-VAE nets at batch 64, for
@@ -90,7 +91,8 @@ from gen_models.errors import UserError
 # Configs without a PyTorch eager peer (experiments/torch_peers.py has RealNVP on points only):
 # their rows have no ratio.
 NO_TORCH_PEER = ("realnvp_cifar10", "realnvp_cifar10_bf16")
-# Configs whose nets have only stride-1 convs: every conv_impl is the same program, one row.
+# Configs whose nets have only stride-1 convs: one row, auto (only gemm, auto's choice on CPU,
+# differs from XLA's convs there).
 STRIDE_ONE = ("realnvp_cifar10", "realnvp_cifar10_bf16")
 # Configs with one Adam step per train step (no critic loop).
 NO_CRITIC_LOOP = ("vae", "flow", "realnvp_cifar10", "realnvp_cifar10_bf16")
