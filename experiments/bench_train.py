@@ -44,9 +44,10 @@ pipeline (``experiments.bench_input`` measures that).
   many seconds.
 
 **Layers** (``--layers``): forward + backward (gradients of ``Σ y²`` with respect to the input
-and the kernel) of every stride-2 conv shape of the DCGAN and β-VAE nets at batch 64, for
-each conv formulation of ``gen_models.nn.conv`` and ``torch.nn.Conv2d`` /
-``ConvTranspose2d``; ``ratio`` = PyTorch's time over the row's.
+and the kernel) of every stride-2 conv shape of the DCGAN and β-VAE nets and three stride-1
+convs of the ResNet and RealNVP CIFAR-10 nets (``LAYERS``) at batch 64, for each conv
+formulation of ``gen_models.nn.conv`` and ``torch.nn.Conv2d`` / ``ConvTranspose2d``;
+``ratio`` = PyTorch's time over the row's.
 
 **Device sweep** (``--device_sweep=1,2,4,8``): the JAX step of each config (its default
 ``conv_impl`` and critic loop, the config's global batch) on 1, 2, 4 and 8 devices, with
@@ -98,23 +99,28 @@ STRIDE_ONE = ("realnvp_cifar10", "realnvp_cifar10_bf16")
 NO_CRITIC_LOOP = ("vae", "flow", "realnvp_cifar10", "realnvp_cifar10_bf16")
 CONV_IMPLS = ("auto", "xla", "space_to_depth", "subpixel", "phases", "gemm")
 LOOPS = ("scan", "unrolled")
-# (net, kind, kernel size, spatial size of the input, C_in, C_out) of every stride-2 conv of
-# the DCGAN nets (WGAN-GP cifar10) and the β-VAE conv nets (dSprites), batch 64.
+# (net, kind, kernel size, stride, spatial size of the input, C_in, C_out): every stride-2 conv
+# of the DCGAN nets (WGAN-GP cifar10) and the β-VAE conv nets (dSprites), and stride-1 convs of
+# the paper ResNet (its 16² blocks) and the RealNVP CIFAR-10 s/t nets (3×3 at 32², 1×1 at 16²);
+# batch 64.
 LAYERS = (
-  ("dcgan", "conv", 5, 32, 3, 64),
-  ("dcgan", "conv", 5, 16, 64, 128),
-  ("dcgan", "conv", 5, 8, 128, 256),
-  ("dcgan", "conv_transpose", 5, 4, 256, 128),
-  ("dcgan", "conv_transpose", 5, 8, 128, 64),
-  ("dcgan", "conv_transpose", 5, 16, 64, 3),
-  ("vae", "conv", 4, 64, 1, 32),
-  ("vae", "conv", 4, 32, 32, 32),
-  ("vae", "conv", 2, 16, 32, 64),
-  ("vae", "conv", 2, 8, 64, 64),
-  ("vae", "conv_transpose", 4, 4, 64, 64),
-  ("vae", "conv_transpose", 4, 8, 64, 32),
-  ("vae", "conv_transpose", 4, 16, 32, 32),
-  ("vae", "conv_transpose", 4, 32, 32, 1),
+  ("dcgan", "conv", 5, 2, 32, 3, 64),
+  ("dcgan", "conv", 5, 2, 16, 64, 128),
+  ("dcgan", "conv", 5, 2, 8, 128, 256),
+  ("dcgan", "conv_transpose", 5, 2, 4, 256, 128),
+  ("dcgan", "conv_transpose", 5, 2, 8, 128, 64),
+  ("dcgan", "conv_transpose", 5, 2, 16, 64, 3),
+  ("vae", "conv", 4, 2, 64, 1, 32),
+  ("vae", "conv", 4, 2, 32, 32, 32),
+  ("vae", "conv", 2, 2, 16, 32, 64),
+  ("vae", "conv", 2, 2, 8, 64, 64),
+  ("vae", "conv_transpose", 4, 2, 4, 64, 64),
+  ("vae", "conv_transpose", 4, 2, 8, 64, 32),
+  ("vae", "conv_transpose", 4, 2, 16, 32, 32),
+  ("vae", "conv_transpose", 4, 2, 32, 32, 1),
+  ("resnet", "conv", 3, 1, 16, 128, 128),
+  ("realnvp", "conv", 3, 1, 32, 64, 64),
+  ("realnvp", "conv", 1, 1, 16, 128, 128),
 )
 LAYER_BATCH = 64
 
@@ -349,20 +355,21 @@ def _best_time(fn, repeats: int) -> float:
 
 
 def _jax_layers(spec: dict) -> dict:
-  """Forward + backward milliseconds of every DCGAN conv shape with ``spec['conv_impl']``."""
+  """Forward + backward milliseconds of every conv shape of :data:`LAYERS` with
+  ``spec['conv_impl']``."""
   import jax.numpy as jnp
 
   from gen_models.nn.conv import conv2d, conv_transpose2d
 
   rng, out = np.random.default_rng(0), {}
-  for net, kind, k, size, c_in, c_out in LAYERS:
+  for net, kind, k, s, size, c_in, c_out in LAYERS:
     op = conv2d if kind == "conv" else conv_transpose2d
     x = jnp.asarray(rng.standard_normal((LAYER_BATCH, size, size, c_in)), jnp.float32)
     w = jnp.asarray(0.01 * rng.standard_normal((k, k, c_in, c_out)), jnp.float32)
-    loss = lambda x, w, op=op: jnp.sum(jnp.square(op(x, w, (2, 2), "SAME", spec["conv_impl"])))
+    loss = lambda x, w, op=op, s=s: jnp.sum(jnp.square(op(x, w, (s, s), "SAME", spec["conv_impl"])))
     grads = jax.jit(jax.grad(loss, argnums=(0, 1)))
     jax.block_until_ready(grads(x, w))
-    out[_layer_name(net, kind, k, size, c_in, c_out)] = 1000 * _best_time(
+    out[_layer_name(net, kind, k, s, size, c_in, c_out)] = 1000 * _best_time(
       lambda g=grads, x=x, w=w: jax.block_until_ready(g(x, w)), spec["repeats"]
     )
   return {"ms": out}
@@ -373,10 +380,10 @@ def _torch_layers(spec: dict) -> dict:
 
   sync = _torch_setup(spec)
   out = {}
-  for net, kind, k, size, c_in, c_out in LAYERS:
-    # The padding that gives XLA's SAME output sizes (H/2, 2H) for even H.
+  for net, kind, k, s, size, c_in, c_out in LAYERS:
+    # The padding that gives XLA's SAME output sizes (H/s, 2H) for even H (odd k at stride 1).
     if kind == "conv":
-      layer = torch.nn.Conv2d(c_in, c_out, k, stride=2, padding=(k - 1) // 2)
+      layer = torch.nn.Conv2d(c_in, c_out, k, stride=s, padding=(k - 1) // 2)
     else:
       pad, extra = (2, 1) if k == 5 else ((k - 2) // 2, 0)
       layer = torch.nn.ConvTranspose2d(c_in, c_out, k, 2, padding=pad, output_padding=extra)
@@ -389,7 +396,9 @@ def _torch_layers(spec: dict) -> dict:
       sync()
 
     fwd_bwd()
-    out[_layer_name(net, kind, k, size, c_in, c_out)] = 1000 * _best_time(fwd_bwd, spec["repeats"])
+    out[_layer_name(net, kind, k, s, size, c_in, c_out)] = 1000 * _best_time(
+      fwd_bwd, spec["repeats"]
+    )
   return {
     "ms": out,
     "torch_version": torch.__version__,
@@ -398,9 +407,9 @@ def _torch_layers(spec: dict) -> dict:
   }
 
 
-def _layer_name(net: str, kind: str, k: int, size: int, c_in: int, c_out: int) -> str:
-  out = size // 2 if kind == "conv" else size * 2
-  return f"{net} {kind} {k}x{k}/2 {size}²×{c_in} → {out}²×{c_out}"
+def _layer_name(net: str, kind: str, k: int, s: int, size: int, c_in: int, c_out: int) -> str:
+  out = size // s if kind == "conv" else size * s
+  return f"{net} {kind} {k}x{k}/{s} {size}²×{c_in} → {out}²×{c_out}"
 
 
 WORKERS = {

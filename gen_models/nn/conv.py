@@ -70,8 +70,9 @@ compute it differs, chosen by ``impl`` (config key ``conv_impl``):
     any other is XLA's conv forward and for its input-gradient (stride-1 convs, fast), with its
     kernel-gradient as one matrix product per tap, ``dw[a, b] = x_pad[:, a:a+H', b:b+W']ᵀ · dy``
     over ``B·H'·W'`` rows (:func:`_stride_one_conv`): XLA:CPU computes that gradient as a
-    convolution over the batch, 6 GFLOP/s for a 3×3 conv of 32²×64, batch 64, against 36 as
-    products. Every other stride-1 conv is XLA's under every ``impl``.
+    convolution over the batch, under 10 GFLOP/s for a 3×3 conv of 32²×64, batch 64, against
+    36 as products (the layer 2.9× faster, docs/BENCHMARKS.md). Every other stride-1 conv is
+    XLA's under every ``impl``.
 
 ``"auto"`` (default)
     On CPU ``"gemm"`` where it pays (above; ``_gemm_pays``: every β-VAE layer and the stride-1
@@ -370,8 +371,8 @@ def _stride_one_conv(x: jax.Array, kernel: jax.Array, pads: Pads) -> jax.Array:
   """XLA's stride-1 conv (``"gemm"`` with both channel counts ≥ :data:`GEMM_MIN_CHANNELS`),
   whose kernel-gradient is one matrix product per tap:
   ``dw[a, b] = x_pad[:, a : a + H', b : b + W']ᵀ · dy`` over ``B·H'·W'`` rows (XLA:CPU's own
-  filter gradient, a convolution over the batch, ran 6 GFLOP/s for 3×3, 32²×64, batch 64:
-  docs/BENCHMARKS.md). The input-gradient stays XLA's (a stride-1 conv again)."""
+  filter gradient, a convolution over the batch, ran under 10 GFLOP/s for 3×3, 32²×64, batch
+  64: docs/BENCHMARKS.md). The input-gradient stays XLA's (a stride-1 conv again)."""
   return _conv_s1(x, kernel, pads)
 
 
