@@ -46,12 +46,10 @@ the JAX version, backend, device kind, CPU count and date, as JSON. JAX runs on 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import hashlib
 import io
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -463,7 +461,7 @@ def run() -> dict:
   if any(n <= _K.value for n in sizes) or _FID_N.value < 2 or _K.value < 1:
     raise _error("need --k >= 1, every --sizes > --k and --fid_n >= 2")
 
-  import jax  # Here, after JAX_PLATFORMS is set.
+  from experiments import hardware  # Here (it imports jax), after JAX_PLATFORMS is set.
 
   rows, targets = [], []
   with tempfile.TemporaryDirectory() as tmp:
@@ -472,16 +470,8 @@ def run() -> dict:
         rows += _prdc_rows(n, tmp, targets)
     if "fid" in _METRICS.value:
       rows += _fid_rows(_FID_N.value, tmp, targets)
-  device = jax.devices()[0]
   return {
-    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    "jax_version": jax.__version__,
-    "backend": jax.default_backend(),
-    "device_kind": device.device_kind,
-    "num_devices": jax.device_count(),
-    "cpu_count": os.cpu_count(),
-    "python": platform.python_version(),
-    "machine": platform.machine(),
+    **hardware.run_info(),
     "versions": {p: _version(p) for p in ("numpy", "scipy", "scikit-learn", "prdc")},
     "k": _K.value,
     "dim": _DIM.value,

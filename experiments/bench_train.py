@@ -73,10 +73,8 @@ versions, backend and date. Needs ``pip install '.[bench]'`` for the PyTorch row
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -635,17 +633,10 @@ def run() -> dict:
     gemms.append(_measure_peak(tmp))
     sweep = [row for name in _CONFIGS.value for row in _sweep_rows(name, tmp)]
     layers = _layer_rows(tmp) if _LAYERS.value else []
-  backend, device_kind = jax.default_backend(), jax.devices()[0].device_kind
-  hardware.add_flop_rates(rows, backend, device_kind, gemms)
+  info = hardware.run_info()
+  hardware.add_flop_rates(rows, info["backend"], info["device_kind"], gemms)
   return {
-    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    "jax_version": jax.__version__,
-    "backend": backend,
-    "device_kind": device_kind,
-    "num_devices": len(jax.devices()),
-    "cpu_count": os.cpu_count(),
-    "python": platform.python_version(),
-    "machine": platform.machine(),
+    **info,
     "loadavg_before": list(load_before),
     "loadavg_after": list(os.getloadavg()),
     "gemm_peak": gemms,

@@ -13,6 +13,9 @@ r"""How close a step runs to the machine: FLOPs per step, achieved FLOP/s, % of 
 
 from __future__ import annotations
 
+import datetime
+import os
+import platform
 import time
 
 import jax
@@ -27,6 +30,21 @@ GPU_PEAKS = {
   "H100 PCIe": {"bfloat16": 756e12, "tf32": 378e12, "float32": 51e12},
   "H100": {"bfloat16": 989e12, "tf32": 495e12, "float32": 67e12},
 }
+
+
+def run_info() -> dict:
+  """What every benchmark's JSON records of its run: the UTC date, the jax version, the
+  backend, the first device's kind, the device count, the CPU count, Python, the machine."""
+  return {
+    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "jax_version": jax.__version__,
+    "backend": jax.default_backend(),
+    "device_kind": jax.devices()[0].device_kind,
+    "num_devices": jax.device_count(),
+    "cpu_count": os.cpu_count(),
+    "python": platform.python_version(),
+    "machine": platform.machine(),
+  }
 
 
 def si(x: float) -> str:

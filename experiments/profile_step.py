@@ -20,7 +20,6 @@ sum can exceed the wall time) and on GPU (kernels on the streams).
 
 from __future__ import annotations
 
-import datetime
 import glob
 import os
 import shutil
@@ -109,12 +108,8 @@ def profile(output: str) -> dict:
   if not events:
     raise UserError("the trace holds no event of the step's ops (no hlo_op stats)")
   summary = profiling.summarize(ops, events, _STEPS.value, traced_s, _TOP.value)
-  device = jax.devices()[0]
   return {
-    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    "jax_version": jax.__version__,
-    "backend": jax.default_backend(),
-    "device_kind": device.device_kind,
+    **hardware.run_info(),
     "loadavg": list(os.getloadavg()),
     **spec,
     "batch": config.batch_size,
