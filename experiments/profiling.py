@@ -31,16 +31,6 @@ import dataclasses
 import math
 import re
 
-CATEGORIES = (
-  "convolution",
-  "matmul",
-  "elementwise fusion",
-  "reduction fusion",
-  "copy/transpose",
-  "collective",
-  "control flow",
-  "other",
-)
 _COLLECTIVES = {
   "all-reduce",
   "all-gather",
@@ -130,8 +120,8 @@ def parse_instructions(hlo_text: str) -> dict[str, Instruction]:
   """Every instruction of every computation in ``hlo_text``, by name."""
   out, computation = {}, ""
   for line in hlo_text.splitlines():
-    header = _HEADER.match(line.split("(")[0] + ("{" if line.rstrip().endswith("{") else ""))
-    if header and line.rstrip().endswith("{"):
+    header = line.rstrip().endswith("{") and _HEADER.match(line.split("(")[0] + "{")
+    if header:
       computation = header.group(1)
       continue
     m = _INSTRUCTION.match(line)
@@ -344,10 +334,9 @@ def summarize(
   union of their intervals), ``busy_fraction = busy_s / wall``, ``ops_per_step``, and the rows
   ``categories``, ``kinds`` (ops of the same category and description, e.g. every call of one
   convolution shape, together) and ``top_ops`` (the ``top`` longest of each), each with
-  ``seconds_per_step``,
-  ``share`` of ``op_s``, ``count_per_step``, ``flops_per_step`` and ``flops_per_s`` (FLOPs over
-  the op's own time) where known. Control-flow events are left out (their bodies' events are
-  counted)."""
+  ``seconds_per_step``, ``share`` of ``op_s``, ``count_per_step``, ``flops_per_step`` and
+  ``flops_per_s`` (FLOPs over the op's own time) where known. Control-flow events are left out
+  (their bodies' events are counted)."""
   per_op = collections.defaultdict(lambda: [0, 0])
   intervals = []
   for name, start, duration in events:
@@ -371,36 +360,31 @@ def summarize(
       "flops_per_s": flops / seconds if flops and seconds > 0 else None,
     }
 
-  by_category = collections.defaultdict(lambda: [0, 0, 0.0, True])
-  op_rows = []
-  for name, (ns, count) in per_op.items():
-    op = ops.get(name, Op(name, "other", None, "not in the HLO"))
-    flops = op.flops * count / steps if op.flops is not None else None
-    cat = by_category[op.category]
-    cat[0] += ns
-    cat[1] += count
-    cat[2] += flops or 0.0
-    cat[3] = cat[3] and flops is not None
-    op_rows.append(row("op", ns, count, flops, name=name, category=op.category, detail=op.detail))
-  categories = [
-    row("category", ns, count, flops if known else None, name=name)
-    for name, (ns, count, flops, known) in by_category.items()
+  measured = [
+    (ops.get(name, Op(name, "other", None, "not in the HLO")), ns, count)
+    for name, (ns, count) in per_op.items()
   ]
-  categories.sort(key=lambda r: -r["seconds_per_step"])
-  op_rows.sort(key=lambda r: -r["seconds_per_step"])
-  by_kind = collections.defaultdict(lambda: [0, 0, 0.0, True, ""])
-  for name, (ns, count) in per_op.items():
-    op = ops.get(name, Op(name, "other", None, "not in the HLO"))
-    kind = by_kind[(op.category, op.detail)]
-    kind[0] += ns
-    kind[1] += count
-    kind[2] += op.flops * count / steps if op.flops is not None else 0.0
-    kind[3] = kind[3] and op.flops is not None
-  kinds = [
-    row("kind", ns, count, flops if known else None, name=detail, category=category)
-    for (category, detail), (ns, count, flops, known, _) in by_kind.items()
-  ]
-  kinds.sort(key=lambda r: -r["seconds_per_step"])
+
+  def grouped(label: str, key) -> list[dict]:
+    """Rows of ``measured`` summed by ``key(op)`` (``(name, extra columns)``), longest first;
+    FLOPs only where every op of the group has them."""
+    groups = {}
+    for op, ns, count in measured:
+      name, extra = key(op)
+      g = groups.setdefault((name, tuple(extra.items())), [0, 0, 0.0, True])
+      g[0] += ns
+      g[1] += count
+      g[2] += op.flops * count / steps if op.flops is not None else 0.0
+      g[3] = g[3] and op.flops is not None
+    rows = [
+      row(label, ns, count, flops if known else None, name=name, **dict(extra))
+      for (name, extra), (ns, count, flops, known) in groups.items()
+    ]
+    return sorted(rows, key=lambda r: -r["seconds_per_step"])
+
+  categories = grouped("category", lambda op: (op.category, {}))
+  kinds = grouped("kind", lambda op: (op.detail, {"category": op.category}))
+  op_rows = grouped("op", lambda op: (op.name, {"category": op.category, "detail": op.detail}))
   busy = _union_ns(intervals) / 1e9 / steps
   return {
     "steps": steps,
