@@ -14,11 +14,7 @@
 # SMOKE=1 runs the same plumbing on small configs and tiny step counts (checked on the CPU).
 set -uo pipefail
 OUT=${1:?usage: bash experiments/device_speed.sh OUT}
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/device_speed.log") 2>&1
-date -u
-. "$(dirname "$0")/device_env.sh"
-nvidia-smi --query-gpu=name,memory.total,utilization.gpu --format=csv 2>/dev/null || true
+. "$(dirname "$0")/device_env.sh"  # OUT/<this script>.log, the machine, the packages.
 
 if [ "${SMOKE:-0}" = 1 ]; then
   PROFILES=(toy flow)

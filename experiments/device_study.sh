@@ -13,11 +13,7 @@ set -uo pipefail
 OUT=${1:?usage: bash experiments/device_study.sh OUT [TRAIN_MINUTES]}
 MINUTES=${2:-4}
 SEEDS=${SEEDS:-3}
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/device_study.log") 2>&1
-date -u
-. "$(dirname "$0")/device_env.sh"
-nvidia-smi --query-gpu=name,memory.total,utilization.gpu --format=csv 2>/dev/null || true
+. "$(dirname "$0")/device_env.sh"  # OUT/<this script>.log, the machine, the packages.
 
 if [ "${SMOKE:-0}" = 1 ]; then
   BENCH=(--configs=vae --population=1,2 --executions=vmap --steps=2)
