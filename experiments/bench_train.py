@@ -227,14 +227,8 @@ def _jax_step(spec: dict) -> dict:
   lowered = step_fn.lower(state, pool[0])
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
-  for i in range(spec["warmup"]):
-    state, metrics = compiled(state, pool[i % train_steps.POOL])
-  jax.block_until_ready(state)
-  t0 = time.perf_counter()
-  for i in range(spec["steps"]):
-    state, metrics = compiled(state, pool[i % train_steps.POOL])
-  jax.block_until_ready((state, metrics))
-  elapsed = time.perf_counter() - t0
+  state, _, _ = train_steps.run_steps(compiled, state, pool, spec["warmup"])
+  state, metrics, elapsed = train_steps.run_steps(compiled, state, pool, spec["steps"])
   if not all(np.isfinite(float(v)) for v in dev.to_host(metrics).values()):
     raise UserError(f"{name}: non-finite metrics after {spec['warmup'] + spec['steps']} steps")
   return {

@@ -53,14 +53,6 @@ CATEGORY_COLUMNS = (("category", str), _MS, _SHARE, _COUNT, _FLOPS, _RATE)
 KIND_COLUMNS = (("category", str), _MS, _SHARE, _COUNT, _RATE, ("kind", str))
 
 
-def _run_steps(compiled, state, pool, steps: int):
-  t0 = time.perf_counter()
-  for i in range(steps):
-    state, _ = compiled(state, pool[i % len(pool)])
-  jax.block_until_ready(state)
-  return state, time.perf_counter() - t0
-
-
 def profile(output: str) -> dict:
   """Compiles, times and traces the step; writes ``output``/step.hlo.txt; returns the JSON."""
   if _STEPS.value < 1 or _WARMUP.value < 0:
@@ -82,8 +74,8 @@ def profile(output: str) -> dict:
   with open(os.path.join(output, "step.hlo.txt"), "w") as f:
     f.write(hlo)
   print(f"profile_step: compiled in {compile_s:.1f} s; {_WARMUP.value} warm-up steps", flush=True)
-  state, _ = _run_steps(compiled, state, pool, _WARMUP.value)
-  state, untraced_s = _run_steps(compiled, state, pool, _STEPS.value)
+  state, _, _ = train_steps.run_steps(compiled, state, pool, _WARMUP.value)
+  state, _, untraced_s = train_steps.run_steps(compiled, state, pool, _STEPS.value)
   print(
     f"profile_step: {_STEPS.value} steps in {untraced_s:.2f} s untraced; tracing as many",
     flush=True,
@@ -91,7 +83,7 @@ def profile(output: str) -> dict:
   trace_dir = os.path.join(output, "trace") if _KEEP.value else tempfile.mkdtemp()
   try:
     with jax.profiler.trace(trace_dir):
-      state, traced_s = _run_steps(compiled, state, pool, _STEPS.value)
+      state, _, traced_s = train_steps.run_steps(compiled, state, pool, _STEPS.value)
     paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))
     if not paths:
       raise UserError(f"the profiler wrote no trace under {trace_dir}")

@@ -4,6 +4,8 @@ the right kind already on the devices. No flags here, so both commands can impor
 
 from __future__ import annotations
 
+import time
+
 import jax
 import numpy as np
 
@@ -88,3 +90,15 @@ def make_step(spec: dict):
     donate_argnums=0,
   )
   return step_fn, state, pool, config, n_critic
+
+
+def run_steps(compiled, state, pool, steps: int):
+  """``steps`` calls of the compiled step, cycling through ``pool`` from its first batch:
+  ``(state, metrics, seconds)``, timed until the last state and metrics are ready (``metrics``
+  None for 0 steps)."""
+  metrics = None
+  t0 = time.perf_counter()
+  for i in range(steps):
+    state, metrics = compiled(state, pool[i % len(pool)])
+  jax.block_until_ready((state, metrics))
+  return state, metrics, time.perf_counter() - t0
