@@ -1,10 +1,10 @@
-"""experiments.hardware: FLOPs by XLA's cost analysis, the peaks, % of peak of benchmark rows."""
+"""bench.hardware: FLOPs by XLA's cost analysis, the peaks, % of peak of benchmark rows."""
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments import hardware
+from experiments.bench import hardware
 
 
 def test_flops_of_a_matrix_product_and_a_conv_are_exact():

@@ -141,7 +141,7 @@ def test_bench_disentanglement_writes_its_table(tmp_path):
   """The benchmark's plumbing on the smoke grid: a row per population size, phases that add up."""
   out = tmp_path / "bench.json"
   proc = run_cli(
-    "experiments.bench_disentanglement",
+    "experiments.bench.disentanglement",
     "--config=beta_vae_dsprites:smoke",
     "--members=1",
     "--num_train=40",

@@ -1,4 +1,4 @@
-"""experiments/profiling.py and the profile_step command: FLOPs of HLO convolutions and matrix
+"""experiments/bench/profiling.py and the profile_step command: FLOPs of HLO convolutions and matrix
 products against XLA's cost analysis, the per-step totals against hand counts."""
 
 import json
@@ -11,7 +11,7 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 from jax import lax
 
-from experiments import profiling
+from experiments.bench import profiling
 
 
 def _hlo(fn, *args) -> tuple[str, float]:
@@ -162,7 +162,7 @@ def test_summary_totals_per_step():
 def test_profile_step_command_on_the_toy_step(tmp_path):
   out = tmp_path / "profile"
   proc = run_cli(
-    "experiments.profile_step", "--config=toy", "--steps=1", "--warmup=0", f"--output={out}"
+    "experiments.bench.profile_step", "--config=toy", "--steps=1", "--warmup=0", f"--output={out}"
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads((out / "profile.json").read_text())
@@ -177,6 +177,6 @@ def test_profile_step_command_on_the_toy_step(tmp_path):
 
 
 def test_profile_step_bad_input_is_one_line(tmp_path):
-  assert_one_line_error(run_cli("experiments.profile_step", "--config=toy"), "--output")
-  proc = run_cli("experiments.profile_step", "--steps=0", f"--output={tmp_path}")
+  assert_one_line_error(run_cli("experiments.bench.profile_step", "--config=toy"), "--output")
+  proc = run_cli("experiments.bench.profile_step", "--steps=0", f"--output={tmp_path}")
   assert_one_line_error(proc, "--steps")

@@ -11,7 +11,7 @@ training images left-right, each by a seeded coin of its stream position.
 The training split is read once, when the dataset is made, into one uint8 array (CIFAR-10: 150
 MB, MNIST: 47 MB): reading and parsing a record costs ~0.3 ms, so 64 records per batch capped a
 WGAN-GP step (5 batches) at about 10 steps/s, far below what an accelerator runs
-(``python -m experiments.bench_input``, docs/BENCHMARKS.md). The batches are the same arrays,
+(``python -m experiments.bench.input``, docs/BENCHMARKS.md). The batches are the same arrays,
 in the same order, as reading each record through grain: only the time differs.
 
 Where the examples come from (:func:`open_source`): the TFDS dataset ``gen_models_<name>`` that

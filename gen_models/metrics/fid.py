@@ -11,7 +11,7 @@ eigenvalues of Σ₁Σ₂ and M still agree, as those of AB and BA do), so the e
 the eigenvalues λᵢ ≥ 0 of M and tr sqrtm(Σ₁Σ₂) = Σᵢ √λᵢ. Computing it from ``eigh(Σ₁)`` and
 ``eigvalsh(M)`` is real arithmetic throughout — no complex parts to discard, no failed square
 roots to patch with an ε offset, as the ``scipy.linalg.sqrtm`` reference has to — and about six
-times faster for D = 2048 (``experiments/bench_metrics.py``). Round-off can make tiny eigenvalues
+times faster for D = 2048 (``experiments/bench/metrics.py``). Round-off can make tiny eigenvalues
 negative; they are clipped to 0.
 
 Statistics are accumulated in float64 batch by batch with the pairwise update of Chan, Golub and

@@ -115,7 +115,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.gan.sample_bn_chunk = 0
   # Unroll the n_critic loop (lax.scan unroll=n_critic): same numbers, longer compile. XLA:CPU
   # runs convolutions inside a loop body far more slowly (jax-ml/jax#12868): the cifar10 step
-  # took 12× longer as a rolled scan (experiments/bench_train.py, docs/BENCHMARKS.md).
+  # took 12× longer as a rolled scan (experiments/bench/train.py, docs/BENCHMARKS.md).
   c.gan.unroll_critic = True
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 1e-4

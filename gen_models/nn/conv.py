@@ -9,7 +9,7 @@ compute it differs, chosen by ``impl`` (config key ``conv_impl``):
     ``lax.conv_general_dilated`` / ``lax.conv_transpose``, as flax does. A transposed conv is a
     convolution of the input dilated by the stride (``lhs_dilation``), and so is the
     input-gradient of every strided conv. XLA:CPU runs those up to 30× slower than PyTorch
-    (measured: ``python -m experiments.bench_train --layers``), so on CPU every backward pass
+    (measured: ``python -m experiments.bench.train --layers``), so on CPU every backward pass
     of a strided conv net, and every transposed conv, is slow.
 
 ``"space_to_depth"``

@@ -1,5 +1,5 @@
-"""The train steps the benchmarks time and profile (``experiments.bench_train``,
-``experiments.profile_step``): each config's step jitted as the trainer jits it, with batches of
+"""The train steps the benchmarks time and profile (``experiments.bench.train``,
+``bench.profile_step``): each config's step jitted as the trainer jits it, with batches of
 the right kind already on the devices. No flags here, so both commands can import it."""
 
 from __future__ import annotations

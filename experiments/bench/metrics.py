@@ -1,6 +1,6 @@
 r"""Benchmark of the evaluation metrics against reference implementations (not a test).
 
-    python -m experiments.bench_metrics [--metrics=prdc,fid] [--sizes=10000,50000] [--k=5] \
+    python -m experiments.bench.metrics [--metrics=prdc,fid] [--sizes=10000,50000] [--k=5] \
         [--fid_n=10000] [--accelerator] [--output=experiments/results/bench_metrics_cpu.json]
 
 Side by side in one run, on the same synthetic features:
@@ -285,13 +285,13 @@ def run_worker() -> None:
 
 
 def _spawn(name: str, n: int, tmp: str) -> dict:
-  """Runs worker ``name`` in a fresh ``python -m experiments.bench_metrics``; returns its JSON."""
+  """Runs worker ``name`` in a fresh ``python -m experiments.bench.metrics``; returns its JSON."""
   result_path = os.path.join(tmp, f"{name}_{n}.json")
-  argv = [sys.executable, "-m", "experiments.bench_metrics", f"--_worker={name}", f"--_n={n}"]
+  argv = [sys.executable, "-m", "experiments.bench.metrics", f"--_worker={name}", f"--_n={n}"]
   argv += [f"--_result={result_path}", f"--_stats={tmp}"]
   argv += [f"--k={_K.value}", f"--dim={_DIM.value}", f"--seed={_SEED.value}"]
   argv += [f"--warm_max_n={_WARM_MAX_N.value}"]
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   print(f"  {name} n={n} ...", end="", flush=True)
   load = os.getloadavg()[0]  # Other processes on the cores make wall times longer.
   proc = subprocess.run(argv, cwd=root, env=os.environ.copy(), check=False)
@@ -461,7 +461,7 @@ def run() -> dict:
   if any(n <= _K.value for n in sizes) or _FID_N.value < 2 or _K.value < 1:
     raise _error("need --k >= 1, every --sizes > --k and --fid_n >= 2")
 
-  from experiments import hardware  # Here (it imports jax), after JAX_PLATFORMS is set.
+  from experiments.bench import hardware  # Here (it imports jax), after JAX_PLATFORMS is set.
 
   rows, targets = [], []
   with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 r"""Benchmark of the compiled train steps against their PyTorch eager peers (not a test).
 
-    python -m experiments.bench_train [--configs=toy,cifar10] [--steps=N] [--warmup=N] \
+    python -m experiments.bench.train [--configs=toy,cifar10] [--steps=N] [--warmup=N] \
         [--batch_size=B] [--conv_impls=subpixel,xla] [--critic_loops=scan,unrolled] [--rounds=R] \
         [--torch] [--torch_device=auto|cpu|cuda] [--layers] [--device_sweep=1,2,4,8] \
         [--peak_n=4096] [--output=bench_train.json]
@@ -10,7 +10,7 @@ replicated, batch ``(n_critic, B, *shape)`` split over ``data`` on axis 1, state
 the time of ``.lower(...).compile()``, then ``--warmup`` untimed steps and ``--steps`` timed
 steps, for every ``--conv_impls`` × ``--critic_loops`` variant (``conv_impl``, and the n_critic
 critic updates as a rolled ``lax.scan`` or unrolled: ``gan.unroll_critic``). With ``--torch``
-(default on), the same nets and step in PyTorch eager (``experiments/torch_peers.py``) on the
+(default on), the same nets and step in PyTorch eager (``experiments/bench/torch_peers.py``) on the
 same batch shapes, on ``--torch_device`` (``auto``: CUDA when JAX's backend is a GPU; timed
 between ``torch.cuda.synchronize`` calls there). ``gen_steps_per_s`` counts generator updates
 (one per train step, after its ``n_critic`` critic updates); ``examples_per_s = n_critic · B ·
@@ -20,7 +20,7 @@ than PyTorch). With ``--rounds=R`` every step row is timed R times, round-robin 
 steps/s with its range, and ``ratio_range`` the spread of each round's ratio against the PyTorch
 row of the same round, so a shared host's changing load falls on every row alike. Batches are
 on the devices before timing, so the numbers are of the step alone, without the input
-pipeline (``experiments.bench_input`` measures that).
+pipeline (``experiments.bench.input`` measures that).
 
 * ``toy``: ``experiments/configs/wgan_gp_toy.py`` (MLP), batches of the real 2-D toy dataset.
 * ``cifar10``: ``experiments/configs/wgan_gp_cifar10.py`` (DCGAN) on 32×32×3 standard-normal
@@ -63,7 +63,7 @@ its math is written: ``conv_impl=xla``, the critic loop unrolled; the same numbe
 row, which computes the same math), ``flops_per_s`` (that × steps/s) and ``percent_of_peak``:
 on CPU against the best float32 ``--peak_n``³ matrix product measured in fresh processes before
 and after the steps, on an H200 against the data sheet's dense peak at the step's precision
-(bf16; TF32 for float32 steps, XLA's default there). ``experiments/hardware.py`` has the helpers.
+(bf16; TF32 for float32 steps, XLA's default there). ``bench/hardware.py`` has the helpers.
 
 Every measurement runs in a fresh process (``--_worker``), one after another; each row records
 the 1-minute load average, as the machines are shared, and the JSON the load averages before
@@ -84,10 +84,11 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from experiments import cli, hardware, train_steps
+from experiments import cli
+from experiments.bench import hardware, train_steps
 from gen_models.errors import UserError
 
-# Configs without a PyTorch eager peer (experiments/torch_peers.py has RealNVP on points only):
+# Configs without a PyTorch eager peer (bench/torch_peers.py has RealNVP on points only):
 # their rows have no ratio.
 NO_TORCH_PEER = ("realnvp_cifar10", "realnvp_cifar10_bf16")
 # Configs whose nets have only stride-1 convs: one row, auto (only gemm, auto's choice on CPU,
@@ -265,7 +266,7 @@ def _model_flops(name: str, spec: dict) -> dict:
 
 
 def _gemm_peak(spec: dict) -> dict:
-  """The best rate of a jitted float32 ``n³`` matrix product (``experiments.hardware``)."""
+  """The best rate of a jitted float32 ``n³`` matrix product (``experiments.bench.hardware``)."""
   return hardware.measure_gemm(spec["n"], spec["repeats"])
 
 
@@ -279,7 +280,7 @@ def _torch_step(spec: dict) -> dict:
   """One row: throughput of the PyTorch eager peer of the same step."""
   import torch
 
-  from experiments import torch_peers
+  from experiments.bench import torch_peers
 
   sync = _torch_setup(spec)
   name, shape = spec["config"], train_steps.CONFIGS[spec["config"]][1]
@@ -425,14 +426,14 @@ def run_worker() -> None:
 
 
 def _spawn(spec: dict, tmp: str, env: dict | None = None) -> dict:
-  """Runs one worker in a fresh ``python -m experiments.bench_train`` (``env`` added to the
+  """Runs one worker in a fresh ``python -m experiments.bench.train`` (``env`` added to the
   environment); returns its JSON."""
   path = os.path.join(tmp, "result.json")
   if os.path.exists(path):
     os.remove(path)
-  argv = [sys.executable, "-m", "experiments.bench_train", f"--_worker={json.dumps(spec)}"]
+  argv = [sys.executable, "-m", "experiments.bench.train", f"--_worker={json.dumps(spec)}"]
   argv += [f"--_result={path}"]
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   label = " ".join(f"{k}={v}" for k, v in spec.items() if k not in ("steps", "warmup", "repeats"))
   print(f"  {label} ...", end="", flush=True)
   load = os.getloadavg()[0]  # Other processes on the cores make wall times longer.

@@ -1,13 +1,13 @@
 r"""Benchmark of the host input pipeline: what one train step's data costs (not a test).
 
-    python -m experiments.bench_input [--configs=toy,vae,cifar10,cifar10_resnet] [--steps=N] \
+    python -m experiments.bench.input [--configs=toy,vae,cifar10,cifar10_resnet] [--steps=N] \
         [--data_dir=DIR] [--examples=N] [--output=bench_input.json]
 
 For each config, the dataset is made exactly as the trainer makes it (``gen_models.data.create``)
 and ``--steps`` consecutive train steps of real data are drawn through the trainer's
 ``StepIterator`` (``batches_per_step`` global batches each: 5 for a WGAN-GP critic loop), after
 one untimed step. ``input_steps_per_s`` is the most train steps per second this process's input
-can feed: compare it with the step rates of ``experiments.bench_train`` (docs/BENCHMARKS.md) to
+can feed: compare it with the step rates of ``experiments.bench.train`` (docs/BENCHMARKS.md) to
 see whether a run on that device is input-bound.
 
 * ``toy``: ``wgan_gp_toy`` (2-D points, computed per batch).

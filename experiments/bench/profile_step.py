@@ -1,12 +1,12 @@
 r"""Where a train step's time goes, op by op (not a test).
 
-    python -m experiments.profile_step --config=resnet_bf16 [--conv_impl=auto] \
+    python -m experiments.bench.profile_step --config=resnet_bf16 [--conv_impl=auto] \
         [--critic_loop=unrolled] [--batch_size=B] [--steps=N] [--warmup=N] [--top=25] \
         --output=DIR
 
-Compiles the train step of a ``experiments.bench_train`` config exactly as that benchmark does
+Compiles the train step of a ``experiments.bench.train`` config exactly as that benchmark does
 (one device), times ``--steps`` steps untraced, then traces ``--steps`` more with
-``jax.profiler`` and reads the trace against the optimised HLO (``experiments/profiling.py``):
+``jax.profiler`` and reads the trace against the optimised HLO (``experiments/bench/profiling.py``):
 per category (convolutions, matrix products, elementwise and reduction fusions, copies and
 transposes, collectives), per kind of op (every call of one convolution shape together) and
 per op, the time a step, its share, the ops a step, and for
@@ -29,7 +29,8 @@ import time
 import jax
 from absl import app, flags
 
-from experiments import cli, hardware, profiling, train_steps
+from experiments import cli
+from experiments.bench import hardware, profiling, train_steps
 from gen_models.errors import UserError
 
 _CONFIG = flags.DEFINE_enum("config", "toy", list(train_steps.CONFIGS), "The step to profile.")

@@ -1,7 +1,7 @@
 # Sourced by the device scripts (device_study.sh, device_speed.sh) on a lent GPU machine, with
 # OUT set: everything after it also goes to OUT/<the script's name>.log, which starts with the
 # date and the GPU (nvidia-smi); PYTHON is the interpreter with jax (the image's `python3`); the
-# wheels that experiments/device_wheels.sh fetched into .whl/ (if the call carried them) are
+# wheels that experiments/device/wheels.sh fetched into .whl/ (if the call carried them) are
 # installed to /tmp/site and put first on PYTHONPATH (only packages the image lacks are there);
 # jax does not preallocate the GPU's memory. Prints what is missing, if anything, before any
 # run starts.

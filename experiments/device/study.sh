@@ -6,14 +6,14 @@
 #   3. the metrics benchmark of a 36-member population (where the time goes on this machine).
 # Everything it writes goes under OUT (for the device tool: $OUT), with the logs.
 #
-#   bash experiments/device_study.sh OUT [TRAIN_MINUTES=4]
+#   bash experiments/device/study.sh OUT [TRAIN_MINUTES=4]
 #
 # SMOKE=1 runs the same plumbing with the smoke configs and tiny sizes (checked on the CPU).
 set -uo pipefail
-OUT=${1:?usage: bash experiments/device_study.sh OUT [TRAIN_MINUTES]}
+OUT=${1:?usage: bash experiments/device/study.sh OUT [TRAIN_MINUTES]}
 MINUTES=${2:-4}
 SEEDS=${SEEDS:-3}
-. "$(dirname "$0")/device_env.sh"  # OUT/<this script>.log, the machine, the packages.
+. "$(dirname "$0")/env.sh"  # OUT/<this script>.log, the machine, the packages.
 
 if [ "${SMOKE:-0}" = 1 ]; then
   BENCH=(--configs=vae --population=1,2 --executions=vmap --steps=2)
@@ -30,7 +30,7 @@ else
 fi
 
 echo "== 1/3 population benchmark"
-timeout 180 "$PYTHON" -m experiments.bench_population "${BENCH[@]}" \
+timeout 180 "$PYTHON" -m experiments.bench.population "${BENCH[@]}" \
   --output="$OUT/bench_population_vae.json" || echo "bench_population: exit $?"
 
 echo "== 2/3 the study ($SWEEP × $SEEDS seeds, $MINUTES min of training)"
@@ -40,6 +40,6 @@ env CONFIG="$CONFIG" SWEEP="$SWEEP" SEEDS="$SEEDS" "${STUDY_ENV[@]}" \
 rm -rf "$OUT/study/measure/checkpoints" "$OUT/study/run/checkpoints"  # Too large to bring back.
 
 echo "== 3/3 metrics benchmark"
-timeout 240 "$PYTHON" -m experiments.bench_disentanglement "${METRICS[@]}" \
+timeout 240 "$PYTHON" -m experiments.bench.disentanglement "${METRICS[@]}" \
   --output="$OUT/bench_disentanglement.json" || echo "bench_disentanglement: exit $?"
 date -u

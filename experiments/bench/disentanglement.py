@@ -1,6 +1,6 @@
 r"""Benchmark of the disentanglement metrics of a population: where the time goes (not a test).
 
-    python -m experiments.bench_disentanglement [--config=beta_vae_dsprites] \
+    python -m experiments.bench.disentanglement [--config=beta_vae_dsprites] \
         [--members=1,6] [--metrics=beta_vae,factor_vae,mig,dci,sap] [--num_train=N --num_eval=M] \
         [--output=experiments/results/bench_disentanglement_cpu.json]
 
@@ -15,7 +15,7 @@ metrics), ``observations`` (rendering or reading the images and copying them to 
 members, ``--workers`` threads) and ``total``; ``other_pct`` = everything but the encoder as a
 share of the total (the issue's target: ≤ 20 % on a 2-core CPU); the encoder's FLOPs per image
 (XLA's cost analysis of the compiled batch), its achieved FLOP/s and % of the device's peak
-(``experiments.hardware``: the data sheet on a known GPU, a GEMM measured in the same run on a
+(``experiments.bench.hardware``: the data sheet on a known GPU, a GEMM measured in the same run on a
 CPU); ``s_per_member``. The JSON has the machine, its load average before and after each row,
 and the rows.
 """
@@ -35,7 +35,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from experiments import cli, hardware
+from experiments import cli
+from experiments.bench import hardware
 from gen_models import config as config_lib
 from gen_models import data, logs, models, population
 from gen_models.errors import UserError
@@ -147,7 +148,7 @@ def run() -> dict:
   rows = []
   for n in sizes:
     args = [a for a in sys.argv[1:] if not a.startswith(("--members", "--output"))]
-    cmd = [sys.executable, "-m", "experiments.bench_disentanglement", f"--_worker={n}", *args]
+    cmd = [sys.executable, "-m", "experiments.bench.disentanglement", f"--_worker={n}", *args]
     print(f"{n} member(s): {' '.join(cmd[1:])}", flush=True)
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     if proc.returncode != 0:

@@ -21,7 +21,7 @@ threads, a kernel on a GPU stream. Each carries the stats ``hlo_module`` (the pr
   out of the totals.
 
 Pure functions of text and event lists, tested on programs with known FLOPs
-(tests/test_profiling.py); ``experiments/profile_step.py`` is the command.
+(tests/test_profiling.py); ``experiments/bench/profile_step.py`` is the command.
 """
 
 from __future__ import annotations

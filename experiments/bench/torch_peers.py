@@ -1,4 +1,4 @@
-r"""PyTorch eager peers of the train steps, for ``experiments/bench_train.py``.
+r"""PyTorch eager peers of the train steps, for ``experiments/bench/train.py``.
 
 WGAN-GP, β-VAE and RealNVP on points (``flow``).
 

@@ -1,6 +1,6 @@
 r"""Benchmark of a population's compiled step against its members run one after another.
 
-    python -m experiments.bench_population [--configs=toy,vae,flow] [--population=1,4,8] \
+    python -m experiments.bench.population [--configs=toy,vae,flow] [--population=1,4,8] \
         [--executions=auto,vmap,map,unroll] [--steps=N] [--warmup=N] [--output=FILE.json]
 
 For each config and population size N: the single run's step (the family's ``train_step``
@@ -9,8 +9,8 @@ for every ``--executions`` way of running the members), both on batches already 
 ``examples_per_s`` counts real examples of every member (``N · n_critic · B`` a step);
 ``vs_sequential`` is the population's examples/s over the single run's, i.e. over the N members
 trained one after another (> 1: the population is faster). ``gflop`` is XLA's cost analysis of
-the step (``experiments.hardware``), ``gflop_per_s`` what the measured rate achieves,
-``pct_peak`` that against the device's peak (``experiments.hardware.peak_of``): on CPU a float32
+the step (``experiments.bench.hardware``), ``gflop_per_s`` what the measured rate achieves,
+``pct_peak`` that against the device's peak (``bench.hardware.peak_of``): on CPU a float32
 matrix product measured in the same run (``peak_gflop_per_s`` in the JSON), on an H200 its TF32
 dense peak (XLA's default precision for float32 matmuls there).
 
@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import cli, hardware
+from experiments import cli
+from experiments.bench import hardware
 from gen_models import config as config_lib
 from gen_models import data as data_lib
 from gen_models import models, population
