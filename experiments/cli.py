@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging as py_logging
-import os
 import sys
-import time
 from collections.abc import Callable
 
 from absl import app, flags, logging
 
 from gen_models import config as config_lib
+from gen_models import workdir as workdir_lib
 from gen_models.errors import EXIT_ERROR, EXIT_STOPPED, Stopped, UserError
 
 _COORDINATOR = flags.DEFINE_string(
@@ -168,46 +166,22 @@ def print_results(results: dict, width: int) -> None:
     print(f"{key:>{width}s}  {shown}")
 
 
-def write_json(path: str, obj: object, sort_keys: bool = False) -> None:
-  """Writes ``obj`` as indented JSON to ``path`` atomically (a temp file, then a rename).
-
-  Raises:
-    UserError: the file cannot be written.
-  """
-  tmp = path + ".tmp"
-  try:
-    with open(tmp, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=sort_keys)
-      f.write("\n")
-    os.replace(tmp, path)
-  except OSError as e:
-    raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+# The commands that write a workdir's ``results/<kind>_step<step>.json`` (``experiments.report``
+# reads them and names these when a workdir has none).
+RESULTS_COMMANDS = (
+  "python -m experiments.evaluate_disentanglement --workdir={workdir}",
+  "python -m experiments.evaluate --real=REAL --fake={workdir} --output=OUT.json",
+  "python -m experiments.evaluate_likelihood --workdir={workdir} --data=FILE.npy",
+)
 
 
-def results_path(workdir: str, kind: str, step: int) -> str:
-  """Where an evaluation command keeps a copy of its results in the evaluated ``workdir``:
-  ``<workdir>/results/<kind>_step<step, 8 digits>.json`` (``experiments.report`` reads them).
-  Creates nothing."""
-  return os.path.join(workdir, "results", f"{kind}_step{step:08d}.json")
+def results_commands(workdir: str) -> list[str]:
+  """:data:`RESULTS_COMMANDS` for ``workdir``."""
+  return [c.format(workdir=workdir) for c in RESULTS_COMMANDS]
 
 
-def write_workdir_results(workdir: str, kind: str, step: int, results: dict) -> str:
-  """Writes ``results`` to :func:`results_path` (making ``results/``); returns the path. An earlier
-  file there is kept, renamed ``<name>.replaced-<UTC time>`` (a workdir loses nothing).
-
-  Raises:
-    UserError: the directory or the file cannot be written.
-  """
-  path = results_path(workdir, kind, step)
-  try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    if os.path.exists(path):
-      stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-      os.replace(path, f"{path}.replaced-{stamp}")
-  except OSError as e:
-    raise UserError(f"cannot create {os.path.dirname(path)}: {e.strerror or e}") from None
-  write_json(path, results, sort_keys=True)
-  return path
+# Writes indented JSON atomically (a temporary file, then a rename); a UserError if it cannot.
+write_json = workdir_lib.write_json
 
 
 def format_table(rows: list[dict], columns) -> str:
@@ -224,14 +198,13 @@ def workdir_members(path: str, member: int | None):
   """The members to evaluate of a population's workdir ``path`` (all, or ``member``); None when
   ``path`` is not a population's workdir (a file, or a single run). A ``member`` out of range,
   or given for something that is not a population, is a one-line error."""
-  from gen_models import population, runs
+  from gen_models import population
 
-  config_path = os.path.join(path, "config.json")
-  if not (os.path.isdir(path) and os.path.exists(config_path)):
+  if not workdir_lib.is_run(path):
     if member is not None:
       raise UserError(f"--member={member} needs a population's workdir, got {path}")
     return None
-  config = config_lib.validate(runs.read_config(config_path))
+  config = config_lib.validate(workdir_lib.read_config(path))
   if not population.is_population(config):
     if member not in (None, 0):
       raise UserError(f"--member={member} is out of range: {path} is a single run (member 0)")

@@ -33,6 +33,7 @@ from absl import app, flags
 
 from experiments import cli
 from gen_models import logs
+from gen_models import workdir as workdir_lib
 from gen_models.errors import UserError
 from gen_models.metrics import evaluate, extractors
 from gen_models.metrics import fid as fid_lib
@@ -202,7 +203,7 @@ def run() -> dict:
   results["ties"] = _TIES.value
   cli.write_json(output, results, sort_keys=True)
   if steps:  # FAKE is a workdir: a copy in it for experiments.report.
-    cli.write_workdir_results(_FAKE.value, "evaluate", max(steps), results)
+    workdir_lib.write_results(_FAKE.value, "evaluate", max(steps), results)
   return results
 
 

@@ -36,6 +36,7 @@ from absl import app, flags
 
 from experiments import cli
 from gen_models import data, logs, population, runs
+from gen_models import workdir as workdir_lib
 from gen_models.errors import UserError
 from gen_models.metrics import disentanglement as dis
 from gen_models.metrics import disentanglement_runner as runner
@@ -115,9 +116,8 @@ def _log_to_tensorboard(workdir: str, step: int, results: dict[str, float], memb
   """The scores as ``disentanglement/...`` in the run's TensorBoard (a member's own run dir)."""
   from tensorboardX import SummaryWriter
 
-  sub = "" if member is None else f"{member.index:03d}_{member.name}"
   try:
-    writer = SummaryWriter(os.path.join(workdir, "tensorboard", sub))
+    writer = SummaryWriter(workdir_lib.tensorboard_dir(workdir, member))
   except OSError as e:
     raise UserError(f"cannot write TensorBoard events in {workdir}: {e.strerror or e}") from None
   for key, value in results.items():
@@ -128,7 +128,7 @@ def _log_to_tensorboard(workdir: str, step: int, results: dict[str, float], memb
 def _merge_member(workdir: str, step: int, results: dict) -> dict:
   """With ``--member``: the workdir's results of this step with this member's row replaced (or
   added), so that evaluating one member does not drop the others from reports."""
-  path = cli.results_path(workdir, "disentanglement", step)
+  path = workdir_lib.results_path(workdir, "disentanglement", step)
   try:
     with open(path) as f:
       old = json.load(f)
@@ -191,10 +191,10 @@ def run() -> dict:
     logs.info(f"wrote {output}")
   if _COPY.value:
     copy = _merge_member(workdir, step, results) if pop and _MEMBER.value is not None else results
-    logs.info(f"wrote {cli.write_workdir_results(workdir, 'disentanglement', step, copy)}")
+    logs.info(f"wrote {workdir_lib.write_results(workdir, 'disentanglement', step, copy)}")
   if _TENSORBOARD.value:
     for (member, _), row in zip(chosen, rows, strict=True):
-      scores_ = {k: row[k] for k in metrics_keys(row)}
+      scores_ = {k: v for k, v in row.items() if workdir_lib.is_score(k, v)}
       _log_to_tensorboard(workdir, row["step"], scores_, member if pop else None)
   return results
 
@@ -214,13 +214,6 @@ def _timing_line(seconds: dict) -> str:
     f"{', '.join(parts)}; {seconds['observations']} distinct observations encoded per member "
     f"for {seconds['drawn']} drawn"
   )
-
-
-def metrics_keys(results: dict) -> list[str]:
-  """The metric scores of a results row (not its identifying and size columns)."""
-  skip = {"step", "dataset", "seed", "metric_seed", "num_train", "num_eval", "member", "name"}
-  skip |= {"hparams", "seconds"}
-  return [k for k in results if k not in skip]
 
 
 main = cli.results_main(run, width=36)

@@ -25,7 +25,6 @@ for ``experiments.report``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -33,6 +32,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import cli
+from gen_models import workdir as workdir_lib
 from gen_models.data import images
 from gen_models.errors import UserError
 
@@ -139,13 +139,8 @@ def run() -> dict:
   for path in (_OUTPUT.value, _LOG_PROBS.value):
     if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
       raise UserError(f"output directory {os.path.dirname(os.path.abspath(path))} does not exist")
-  config_path = os.path.join(_WORKDIR.value, "config.json")
-  if os.path.exists(config_path):
-    try:
-      with open(config_path) as f:
-        model = json.load(f).get("model")
-    except (OSError, ValueError) as e:
-      raise UserError(f"cannot read {config_path}: {e}") from None
+  if workdir_lib.is_run(_WORKDIR.value):
+    model = workdir_lib.read_config(_WORKDIR.value).get("model")
     if model != "realnvp":
       raise UserError(f"{_WORKDIR.value} holds a {model!r} run, not a flow (model 'realnvp')")
   raw = load_data(_DATA.value)
@@ -181,7 +176,7 @@ def run() -> dict:
     log_p = np.stack([lp for _, lp in rows])  # (members, N)
   if _OUTPUT.value:
     cli.write_json(_OUTPUT.value, results, sort_keys=True)
-  cli.write_workdir_results(_WORKDIR.value, "likelihood", rows[0][0]["step"], results)
+  workdir_lib.write_results(_WORKDIR.value, "likelihood", rows[0][0]["step"], results)
   if _LOG_PROBS.value:
     try:
       np.save(_LOG_PROBS.value, log_p)

@@ -37,7 +37,7 @@ def run() -> tuple[str, list[str]]:
     raise UserError("nothing to report: give --workdir=W or --results=FILE.json")
   rows = []
   for workdir in _WORKDIR.value:
-    rows += report.load_workdir(workdir)
+    rows += report.load_workdir(workdir, cli.results_commands(workdir))
   for path in _RESULTS.value:
     rows += report.load_results_file(path)
   metrics = [m.strip() for m in (_METRICS.value or "").split(",") if m.strip()] or None

@@ -25,8 +25,7 @@ from orbax.checkpoint._src.metadata import array_metadata_store  # As orbax's de
 from gen_models.errors import UserError, first_line
 from gen_models.logs import warning
 from gen_models.train_state import TrainState
-
-BAD_DIR = "bad_checkpoints"  # Sibling of the checkpoint directory: where bad steps are moved.
+from gen_models.workdir import BAD_CHECKPOINTS_DIR
 
 
 def _to_saveable(state: TrainState) -> TrainState:
@@ -160,7 +159,7 @@ class Checkpointer:
     """Moves step ``step`` to ``<parent>/bad_checkpoints/<step>[.N]`` (process 0; all wait)."""
     if self.read_only:
       return None
-    target = os.path.join(os.path.dirname(self.directory), BAD_DIR, str(step))
+    target = os.path.join(os.path.dirname(self.directory), BAD_CHECKPOINTS_DIR, str(step))
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"gen_models.move_aside.{step}.before")
     if jax.process_index() == 0:

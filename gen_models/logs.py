@@ -16,14 +16,16 @@ import jax
 import numpy as np
 from absl import logging
 
+from gen_models import workdir as workdir_lib
+
 
 class MetricWriter:
   """Writes scalars to ``<workdir>/metrics.jsonl`` and TensorBoard, images to PNG and TB.
 
   A population's members (``members``: objects with ``index`` and ``name``) each get their own
-  TensorBoard run directory ``tensorboard/<index>_<name>`` (so that TensorBoard overlays them),
-  their own sample directory ``samples/<index>_<name>/``, and ``metrics.jsonl`` rows that carry
-  ``member`` (the index) and ``member_name``.
+  TensorBoard run directory and sample directory (``<member folder>`` under ``tensorboard/`` and
+  ``samples/``: :mod:`gen_models.workdir`), and ``metrics.jsonl`` rows that carry ``member``
+  (the index) and ``member_name``.
   """
 
   def __init__(self, workdir: str, members=None):
@@ -33,36 +35,35 @@ class MetricWriter:
     if self.active:
       from tensorboardX import SummaryWriter
 
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-      os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+      self._tb = SummaryWriter(workdir_lib.tensorboard_dir(workdir))
+      os.makedirs(workdir_lib.samples_dir(workdir), exist_ok=True)
       for m in members or ():
-        sub = f"{m.index:03d}_{m.name}"
-        self._members[m.index] = (m.name, sub)
-        self._member_tb[m.index] = SummaryWriter(os.path.join(workdir, "tensorboard", sub))
-        os.makedirs(os.path.join(workdir, "samples", sub), exist_ok=True)
+        self._members[m.index] = m
+        self._member_tb[m.index] = SummaryWriter(workdir_lib.tensorboard_dir(workdir, m))
+        os.makedirs(workdir_lib.samples_dir(workdir, m), exist_ok=True)
 
   def scalars(self, step: int, values: dict[str, float], member: int | None = None) -> None:
     if not self.active:
       return
     record = {"step": int(step), "time": round(time.time(), 3)}
     if member is not None:
-      record.update(member=int(member), member_name=self._members[member][0])
+      record.update(member=int(member), member_name=self._members[member].name)
     record.update({k: float(v) for k, v in values.items()})
-    with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
+    with open(workdir_lib.metrics_path(self.workdir), "a") as f:
       f.write(json.dumps(record) + "\n")
     tb = self._tb if member is None else self._member_tb[member]
     for k, v in values.items():
       tb.add_scalar(k, float(v), int(step))
 
   def image(self, step: int, name: str, array: np.ndarray, member: int | None = None) -> str | None:
-    """Saves ``array (H, W, 3) uint8`` as ``samples/<name>_<step>.png`` (a member's under
-    ``samples/<index>_<member name>/``); returns the path."""
+    """Saves ``array (H, W, 3) uint8`` as ``samples/<name>_<step>.png`` (a member's in its
+    folder: :func:`gen_models.workdir.sample_path`); returns the path."""
     if not self.active:
       return None
     from gen_models.pictures import save_png
 
-    folder = "samples" if member is None else os.path.join("samples", self._members[member][1])
-    path = os.path.join(self.workdir, folder, f"{name}_{step:08d}.png")
+    who = None if member is None else self._members[member]
+    path = workdir_lib.sample_path(self.workdir, name, step, who)
     save_png(array, path)
     tb = self._tb if member is None else self._member_tb[member]
     tb.add_image(name, array, int(step), dataformats="HWC")

@@ -35,9 +35,7 @@ How the members' steps run (``population.execution``, the same numbers either wa
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -50,6 +48,7 @@ from gen_models import config as config_lib
 from gen_models import data as data_lib
 from gen_models import devices as dev
 from gen_models import models
+from gen_models import workdir as workdir_lib
 from gen_models.data import StepIterator
 from gen_models.data import members as member_data
 from gen_models.errors import UserError
@@ -58,7 +57,6 @@ from gen_models.train_state import TrainState, tree_all_finite
 
 EXECUTIONS = ("auto", "vmap", "map", "unroll")
 FROZEN = "population.frozen_at"  # hparams key: the step a member froze at (0: training).
-MEMBERS_FILE = "members.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,11 +315,7 @@ def member_state(state: TrainState, i: int) -> TrainState:
 
 def write_members(workdir: str, members_: Sequence[Member]) -> None:
   """``<workdir>/members.json``: every member's index, name, seed and hyperparameters."""
-  path = os.path.join(workdir, MEMBERS_FILE)
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump({"members": [m.to_json() for m in members_]}, f, indent=2)
-  os.replace(tmp, path)
+  workdir_lib.write_members(workdir, [m.to_json() for m in members_])
 
 
 def select(members_: Sequence[Member], member: int | None) -> list[Member]:

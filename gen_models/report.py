@@ -12,55 +12,28 @@ variance between settings (Locatello et al. 2019's "the random seed matters more
 hyperparameter": a small fraction).
 
 Pure Python and numpy; matplotlib is imported by :func:`plot_metric` only, scipy (for p-values)
-when it is installed.
+when it is installed. The workdir's files are found and read by :mod:`gen_models.workdir`;
+neither imports JAX.
 """
 
 from __future__ import annotations
 
-import glob
-import json
 import math
 import os
 import re
+from collections.abc import Sequence
 
 import numpy as np
 
+from gen_models import workdir as workdir_lib
 from gen_models.errors import UserError
-
-RESULTS_DIR = "results"
-MEMBERS_FILE = "members.json"  # As ``population.MEMBERS_FILE`` (not imported: it pulls in JAX).
-MAKE_RESULTS = "python -m experiments.evaluate_disentanglement --workdir={workdir}"
-
-# Numeric columns of a results row that are settings or identities, not scores.
-_NOT_SCORES = frozenset(
-  {"member", "seed", "metric_seed", "step", "dequantization_samples", "ties", "dataset", "name"}
-  | {"hparams"}
-)
-_FILE = re.compile(r"^(?P<kind>.+)_step(?P<step>\d+)\.json$")
-
-
-def is_score(key: str, value) -> bool:
-  """Is the column ``key`` of a results row a score (a number that is not a setting: not a
-  ``num_*`` size, a ``nearest_k*``, a seed or a step)?"""
-  if isinstance(value, bool) or not isinstance(value, (int, float)) and value is not None:
-    return False
-  return key not in _NOT_SCORES and not key.startswith(("num_", "nearest_k"))
+from gen_models.workdir import is_score
 
 
 def default_metric(key: str) -> bool:
   """Is a score reported unless ``metrics`` says otherwise? Spreads (``*_std``, ``*_stderr``)
   are scores of their own but not reported by default."""
   return not key.endswith(("_std", "_stderr"))
-
-
-def _read_json(path: str):
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except OSError as e:
-    raise UserError(f"cannot read {path}: {e.strerror or e}") from None
-  except ValueError as e:
-    raise UserError(f"{path} is not valid JSON: {e}") from None
 
 
 def _scores(row: dict) -> dict:
@@ -118,70 +91,38 @@ def load_results_file(path: str) -> list[dict]:
   """The rows of one results JSON (``--results=FILE``); a single run's is one row."""
   if not os.path.isfile(path):
     raise UserError(f"--results={path} does not exist")
-  match = _FILE.match(os.path.basename(path))
-  kind = match["kind"] if match else os.path.splitext(os.path.basename(path))[0]
-  return rows_of(_read_json(path), path, None, kind=kind)
-
-
-def results_files(workdir: str) -> dict[str, tuple[int, str]]:
-  """``{kind: (step, path)}``: the latest step's file of each kind in ``workdir/results``
-  (``<kind>_step<step>.json``; another ``*.json`` there is a kind of its own at step 0)."""
-  latest: dict[str, tuple[int, str]] = {}
-  for path in sorted(glob.glob(os.path.join(workdir, RESULTS_DIR, "*.json"))):
-    match = _FILE.match(os.path.basename(path))
-    if match:
-      kind, step = match["kind"], int(match["step"])
-    else:
-      kind, step = os.path.splitext(os.path.basename(path))[0], 0
-    if kind not in latest or step > latest[kind][0]:
-      latest[kind] = (step, path)
-  return latest
-
-
-def _members_json(workdir: str) -> dict[int, dict]:
-  path = os.path.join(workdir, MEMBERS_FILE)
-  if not os.path.exists(path):
-    return {}
-  data = _read_json(path)
-  try:
-    return {int(m["index"]): m for m in data["members"]}
-  except (KeyError, TypeError, ValueError):
-    raise UserError(
-      f"{path}: expected {{'members': [{{'index', 'name', 'seed', 'hparams'}}]}}"
-    ) from None
+  name = os.path.basename(path)
+  kind, _ = workdir_lib.parse_results_name(name) or (os.path.splitext(name)[0], 0)
+  return rows_of(workdir_lib.read_json(path), path, None, kind=kind)
 
 
 def _config_seed(workdir: str):
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return None
-  config = _read_json(path)
-  return config.get("seed") if isinstance(config, dict) else None
+  return workdir_lib.read_config(workdir).get("seed") if workdir_lib.is_run(workdir) else None
 
 
-def load_workdir(path: str) -> list[dict]:
+def load_workdir(path: str, make_results: Sequence[str] = ()) -> list[dict]:
   """Every member's row of the workdir ``path``: its ``results/*.json``, the latest step of each
   kind, merged by member index (a score that two kinds both report: the kind later by name).
   Names, seeds and hparams come from ``members.json`` where it lists the member (a row's
   ``seed`` may be the evaluation's own seed); a single run's seed from its ``config.json``.
+  ``make_results``: the commands that would make results, named in the error when there are
+  none (the command layer knows them).
 
   Raises:
     UserError: ``path`` is not a directory, has no results, or a file in it is malformed.
   """
   if not os.path.isdir(path):
     raise UserError(f"--workdir={path} does not exist or is not a directory")
-  files = results_files(path)
+  files = workdir_lib.results_files(path)
   if not files:
-    raise UserError(
-      f"no results in {os.path.join(path, RESULTS_DIR)}; make them with "
-      + MAKE_RESULTS.format(workdir=path)
-    )
-  known = _members_json(path)
+    how = f"; make them with {' or '.join(make_results)}" if make_results else ""
+    raise UserError(f"no results in {os.path.join(path, workdir_lib.RESULTS_DIR)}{how}")
+  known = workdir_lib.read_members(path)
   seed = _config_seed(path)
   merged: dict[int, dict] = {}
   for kind in sorted(files):
     step, file = files[kind]
-    results = _read_json(file)
+    results = workdir_lib.read_json(file)
     single = isinstance(results, dict) and "members" not in results
     for r in rows_of(results, file, path, seed if single else None, kind):
       row = merged.setdefault(r["member"], r)

@@ -6,31 +6,21 @@ that neither imports the other.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 
 import jax
-import ml_collections
 
 from gen_models import config as config_lib
 from gen_models import data as data_lib
 from gen_models import devices as dev
 from gen_models import models
 from gen_models import population as population_lib
+from gen_models import workdir as workdir_lib
 from gen_models.checkpointing import Checkpointer
 from gen_models.errors import UserError
 from gen_models.logs import info
 from gen_models.train_state import TrainState
-
-
-def read_config(path: str) -> ml_collections.ConfigDict:
-  """A workdir's ``config.json``; a one-line error if it is not valid JSON."""
-  try:
-    with open(path) as f:
-      return config_lib.from_json(f.read())
-  except json.JSONDecodeError as e:
-    raise UserError(f"{path} is not valid JSON: {e}") from None
 
 
 def restore_or_init(
@@ -77,13 +67,10 @@ def load_members(workdir: str, devices: Sequence[jax.Device] | None = None):
       checkpoints can be restored.
   """
   workdir = os.path.abspath(workdir)
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise UserError(f"no run in {workdir} (no config.json)")
-  config = config_lib.validate(read_config(path))
+  config = config_lib.validate(workdir_lib.read_config(workdir))
   family = models.make_family(config, data_lib.example_shape(config))
   members = population_lib.members(config)
-  ckpt_dir = os.path.join(workdir, "checkpoints")
+  ckpt_dir = workdir_lib.checkpoints_dir(workdir)
   if not os.path.isdir(ckpt_dir):
     raise UserError(f"no checkpoint yet in {ckpt_dir}")
   ckpt = Checkpointer(ckpt_dir, read_only=True)

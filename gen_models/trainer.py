@@ -29,6 +29,7 @@ from gen_models import data as data_lib
 from gen_models import devices as dev
 from gen_models import models
 from gen_models import population as population_lib
+from gen_models import workdir as workdir_lib
 from gen_models.checkpointing import Checkpointer
 from gen_models.data.images import to_uint8
 from gen_models.divergences import wasserstein1
@@ -38,7 +39,7 @@ from gen_models.metrics import evaluate as evaluate_lib
 from gen_models.metrics import extractors
 from gen_models.pictures import image_grid, toy_plot
 from gen_models.preemption import StopRequests
-from gen_models.runs import load_run, read_config, restore_or_init  # noqa: F401 (load_run: API)
+from gen_models.runs import load_run, restore_or_init  # noqa: F401 (load_run: API)
 from gen_models.sampling import sample_chunks
 from gen_models.workdir_lock import WorkdirLock
 
@@ -60,18 +61,14 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> str:
     os.remove(probe)
   except OSError as e:
     raise UserError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from None
-  path = os.path.join(workdir, "config.json")
   written = False
-  if jax.process_index() == 0 and not os.path.exists(path):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-      f.write(config_lib.to_json(config))
-    os.replace(tmp, path)  # Atomic: other processes never read a half-written file.
+  if jax.process_index() == 0 and not os.path.exists(workdir_lib.config_path(workdir)):
+    workdir_lib.write_config(workdir, config)  # Atomic: others never read half a file.
     written = True
   if jax.process_count() > 1:  # Process 0 has written config.json before anyone reads it.
     multihost_utils.sync_global_devices("gen_models.prepare_workdir")
-  if not written and os.path.exists(path):
-    old = read_config(path)
+  if not written and os.path.exists(workdir_lib.config_path(workdir)):
+    old = workdir_lib.read_config(workdir)
     # Keys added since the run was made count at their defaults (if it no longer validates, it is
     # compared as written: the differing keys are named below).
     with contextlib.suppress(UserError):
@@ -307,7 +304,7 @@ def train(
   try:
     plan = population_lib.Plan(config, family, dataset, mesh, members)
     ckpt = Checkpointer(
-      os.path.join(workdir, "checkpoints"),
+      workdir_lib.checkpoints_dir(workdir),
       max_to_keep=config.max_checkpoints_to_keep,
       async_save=config.async_checkpointing,
     )

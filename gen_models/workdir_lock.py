@@ -15,10 +15,9 @@ import os
 import socket
 import time
 
+from gen_models import workdir as workdir_lib
 from gen_models.errors import UserError
 from gen_models.logs import warning
-
-LOCK_FILE = "lock"
 
 
 def _read(fd: int) -> dict:
@@ -45,7 +44,7 @@ class WorkdirLock:
   """
 
   def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, LOCK_FILE)
+    self.path = workdir_lib.lock_path(workdir)
     self._fd: int | None = None
 
   def acquire(self) -> None:

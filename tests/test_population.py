@@ -12,6 +12,7 @@ from test_trainer import SMOKE, smoke_config
 
 from gen_models import data as data_lib
 from gen_models import population, runs, trainer
+from gen_models import workdir as workdir_lib
 from gen_models.data import members as member_data
 from gen_models.errors import UserError
 
@@ -237,7 +238,7 @@ def test_population_outputs(tmp_path):
   c = pop_config("vae", seeds=1)
   c.population.execution = "vmap"
   trainer.train(c, str(tmp_path / "pop"))
-  with open(tmp_path / "pop" / population.MEMBERS_FILE) as f:
+  with open(workdir_lib.members_path(str(tmp_path / "pop"))) as f:
     record = json.load(f)
   assert [m["name"] for m in record["members"]] == ["beta=1,seed=0", "beta=4,seed=0"]
   assert record["members"][1]["hparams"] == {"vae.beta": 4.0}

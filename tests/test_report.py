@@ -4,6 +4,7 @@ command's one-line errors."""
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import math
@@ -121,6 +122,14 @@ def test_spearman_ties_match_scipy_and_brute_force():
   assert report.spearman([1, 1, 1], [1, 2, 3]) is None
 
 
+def test_the_commands_named_for_missing_results_exist():
+  from experiments import cli
+
+  for command in cli.results_commands("W"):
+    python, dash_m, module, *_ = command.split()
+    assert (python, dash_m) == ("python", "-m") and importlib.util.find_spec(module), command
+
+
 def test_between_fraction_edge_cases():
   assert report.between_fraction([np.array([1.0, 3.0])]) == 0.0  # One setting: all seeds.
   assert report.between_fraction([np.array([1.0, 1.0]), np.array([5.0])]) == 1.0
@@ -182,8 +191,10 @@ def test_markdown_has_the_numbers(workdir):
 
 
 def test_bad_input_is_a_user_error(tmp_path, workdir):
-  with pytest.raises(UserError, match=r"no results in .*experiments.evaluate_disentanglement"):
+  with pytest.raises(UserError, match=r"no results in \S*results$"):  # The commands: the CLI's.
     report.load_workdir(str(tmp_path))
+  with pytest.raises(UserError, match=r"results; make them with python -m x --workdir=w or y$"):
+    report.load_workdir(str(tmp_path), ["python -m x --workdir=w", "y"])
   (workdir / "results" / "evaluate_step00000100.json").write_text("{not json")
   with pytest.raises(UserError, match="is not valid JSON"):
     report.load_workdir(str(workdir))
@@ -217,6 +228,7 @@ def test_cli_writes_report_and_figures(workdir, tmp_path):
     (["--workdir={tmp}/missing"], "--workdir={tmp}/missing does not exist"),
     (["--workdir={workdir}", "--metrics=mig/mog"], "unknown metric(s) mig/mog; known: mig/mig"),
     (["--workdir={workdir}", "--output={workdir}/members.json/x"], "cannot create --output="),
+    (["--workdir={tmp}"], "make them with python -m experiments.evaluate_disentanglement"),
   ],
 )
 def test_cli_bad_input_is_one_line(workdir, tmp_path, args, fragment):
