@@ -11,9 +11,8 @@ metric and swept key, Spearman's rank correlation with the value; per metric, th
 variance between settings (Locatello et al. 2019's "the random seed matters more than the
 hyperparameter": a small fraction).
 
-Pure Python and numpy; matplotlib is imported by :func:`plot_metric` only, scipy (for p-values)
-when it is installed. The workdir's files are found and read by :mod:`gen_models.workdir`;
-neither imports JAX.
+Pure Python, numpy and scipy; matplotlib is imported by :func:`plot_metric` only. The workdir's
+files are found and read by :mod:`gen_models.workdir`; neither imports JAX.
 """
 
 from __future__ import annotations
@@ -21,13 +20,17 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import stats
 
 from gen_models import workdir as workdir_lib
 from gen_models.errors import UserError
 from gen_models.workdir import is_score
+
+rankdata = stats.rankdata  # Ranks 1..n, ties given the average of the ranks they span.
 
 
 def default_metric(key: str) -> bool:
@@ -193,42 +196,24 @@ def setting_label(keys: list[str], setting: tuple) -> str:
   return ",".join(f"{short[k]}={_format_value(v)}" for k, v in zip(keys, setting, strict=True))
 
 
-def rankdata(x: np.ndarray) -> np.ndarray:
-  """Ranks 1..n of ``x`` ``(n,)``, ties given the average of the ranks they span, ``(n,)``."""
-  x = np.asarray(x, np.float64)
-  order = np.argsort(x, kind="stable")
-  sorted_x = x[order]
-  ranks = np.empty(len(x))
-  start = 0
-  while start < len(x):
-    end = start
-    while end + 1 < len(x) and sorted_x[end + 1] == sorted_x[start]:
-      end += 1
-    ranks[order[start : end + 1]] = (start + end) / 2 + 1
-    start = end + 1
-  return ranks
+def spearman_test(x, y) -> tuple[float | None, float | None]:
+  """Spearman's ρ of ``x`` and ``y`` ``(n,)`` (Pearson's correlation of their average ranks:
+  ``scipy.stats.spearmanr``) and its two-sided p-value; ``(None, None)`` when n < 2 or either is
+  constant, a p-value of None where scipy gives none."""
+  if len(x) < 2:
+    return None, None
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", stats.ConstantInputWarning)
+    result = stats.spearmanr(np.asarray(x, np.float64), np.asarray(y, np.float64))
+  rho, p = float(result.statistic), float(result.pvalue)
+  if not math.isfinite(rho):
+    return None, None
+  return rho, p if math.isfinite(p) else None
 
 
 def spearman(x, y) -> float | None:
-  """Spearman's ρ of ``x`` and ``y`` ``(n,)``: Pearson's correlation of their average ranks;
-  None when n < 2 or either is constant."""
-  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-  if len(x) < 2:
-    return None
-  rx, ry = rankdata(x) - (len(x) + 1) / 2, rankdata(y) - (len(y) + 1) / 2
-  denom = math.sqrt(float(np.sum(rx * rx) * np.sum(ry * ry)))
-  if denom == 0:
-    return None
-  return float(np.sum(rx * ry) / denom)
-
-
-def _spearman_p(x, y) -> float | None:
-  try:
-    from scipy import stats
-  except ImportError:
-    return None
-  p = stats.spearmanr(x, y).pvalue
-  return float(p) if math.isfinite(p) else None
+  """Spearman's ρ of ``x`` and ``y`` ``(n,)``; None when n < 2 or either is constant."""
+  return spearman_test(x, y)[0]
 
 
 def between_fraction(values: list[np.ndarray]) -> float | None:
@@ -316,12 +301,8 @@ def summarize(rows: list[dict], metrics: list[str] | None = None) -> dict:
         if values[i] is not None and isinstance(setting_of[i][j], (int, float))
       ]
       x, y = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
-      rho = spearman(x, y)
-      correlations[key] = {
-        "rho": rho,
-        "p_value": None if rho is None else _spearman_p(x, y),
-        "n": len(pairs),
-      }
+      rho, p_value = spearman_test(x, y)
+      correlations[key] = {"rho": rho, "p_value": p_value, "n": len(pairs)}
     n = sum(g["n"] for g in groups)
     out["metrics"][metric] = {
       "n": n,

@@ -122,6 +122,18 @@ def test_spearman_ties_match_scipy_and_brute_force():
   assert report.spearman([1, 1, 1], [1, 2, 3]) is None
 
 
+def test_spearman_equals_the_former_own_implementation_with_ties():
+  # ρ and p as the report's own rank code (before scipy.stats.spearmanr; p was scipy's) gave them.
+  x, y = [1, 1, 2, 2, 2, 3, 3, 4], [0.5, 0.1, 0.1, 0.3, 0.3, 0.9, 0.2, 0.9]
+  rho, p = report.spearman_test(x, y)
+  assert rho == pytest.approx(0.49065338146265813, rel=1e-14)
+  assert p == pytest.approx(0.21701159843491197, rel=1e-12)
+  rho, p = report.spearman_test([4, 4, 1, 1, 1], [0, 0.1, 0.3, 0.4, 0.5])
+  assert (rho, p) == pytest.approx((-0.8660254037844386, 0.05766888562243736), rel=1e-12)
+  assert report.spearman_test([2.0, 2.0, 2.0], [1, 2, 3]) == (None, None)
+  assert report.spearman_test([1.0], [1.0]) == (None, None)
+
+
 def test_the_commands_named_for_missing_results_exist():
   from experiments import cli
 
