@@ -131,7 +131,7 @@ def check_metrics(metrics) -> tuple[str, ...]:
 
 def score(draws: Draws, codes: dict[str, np.ndarray], dci_trees: str = "numpy") -> Scoring:
   """The :class:`Scoring` of one metric's ``draws`` from their ``codes`` (:data:`SCORE`), DCI's
-  trees by ``dci_trees`` (:data:`dci.TREES <gen_models.metrics.disentanglement.dci.TREES>`)."""
+  trees by ``dci_trees`` (one of :data:`TREES`)."""
   if draws.metric == "dci":
     return score_dci(draws, codes, trees=dci_trees)
   return SCORE[draws.metric](draws, codes)
