@@ -50,7 +50,7 @@ RESULTS_DIR = "results"
 # (besides these: ``num_*`` sizes and ``nearest_k*``; :func:`is_score`).
 NOT_SCORES = frozenset(
   {"member", "name", "seed", "hparams", "step", "dataset", "metric_seed", "seconds"}
-  | {"dequantization_samples", "ties"}
+  | {"dequantization_samples", "ties", "dci_trees"}
 )
 _RESULTS_NAME = re.compile(r"^(?P<kind>.+)_step(?P<step>\d+)\.json$")
 

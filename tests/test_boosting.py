@@ -26,18 +26,19 @@ def gaussian_data(seed, n, d, k, kind="gauss"):
   return x, y
 
 
-# scikit-learn's losses call the C library's exp; numpy's own exp (AVX-512 builds) may differ in
-# the last bit, and then the gradients, hence the trees, cannot be matched bit for bit.
+# scikit-learn's losses call the C library's exp. numpy's own exp (its AVX-512 code) may differ in
+# the last bit: then the default fit (np.exp) is compared within a tolerance, and the bit-exact
+# comparison uses boosting.libm_exp, which runs on every machine.
 _V = np.random.default_rng(0).uniform(-40.0, 10.0, 100_000)
 EXP_IS_LIBM = np.array_equal(np.exp(_V), np.array([math.exp(v) for v in _V]))
 
 
-def fit_both(x, y, stages, seed, max_depth=3):
-  if not EXP_IS_LIBM:
-    pytest.skip("numpy's exp is not the C library's on this CPU: no bit-exact comparison")
+def fit_both(x, y, stages, seed, max_depth=3, exp=boosting.libm_exp):
   sk = GradientBoostingClassifier(n_estimators=stages, max_depth=max_depth, random_state=seed)
   sk.fit(x, y)
-  ours = boosting.fit_gradient_boosting(x, y, n_estimators=stages, max_depth=max_depth, seed=seed)
+  ours = boosting.fit_gradient_boosting(
+    x, y, n_estimators=stages, max_depth=max_depth, seed=seed, exp=exp
+  )
   return sk, ours
 
 
@@ -120,6 +121,53 @@ def test_dsprites_codes():
     assert_same_trees(sk, ours)
     np.testing.assert_array_equal(ours.predict(codes[test]), sk.predict(codes[test]))
     np.testing.assert_array_equal(ours.feature_importances, sk.feature_importances_)
+
+
+def test_libm_exp_is_math_exp():
+  np.testing.assert_array_equal(boosting.libm_exp(_V), np.array([math.exp(v) for v in _V]))
+
+
+# Where numpy's exp is not the C library's, a gradient can differ by an ulp and a split whose
+# candidates tie up to rounding can go the other way; the trees after it then differ. Measured on
+# an AVX-512 CPU (numpy 2.4.6): the CASES and the dSprites codes still grow the same trees; DCI's
+# settings (below) flip one split in 300 trees, which moves the importances by at most 1.1e-4 and
+# no prediction. The tolerance: importances within 1e-3 (10x that; DCI's scores are published to
+# two decimals) and at most 1 % of the predictions different.
+IMPORTANCE_ATOL = 1e-3
+PREDICTIONS_DIFFERENT = 0.01
+
+
+@pytest.mark.parametrize("case", [*CASES[:3], CASES[4], "full"])
+def test_numpy_exp_matches_sklearn(case):
+  """The default fit (``np.exp``): bit for bit where numpy's exp is the C library's, else within
+  the stated tolerance; so the comparison runs on every CPU."""
+  if case == "full":
+    seed, n, d, k, stages, kind = 6, 2000, 10, 3, 100, "gauss"
+  else:
+    seed, n, d, k, stages, kind = case
+  x, y = gaussian_data(seed, n, d, k, kind)
+  x_test, _ = gaussian_data(seed + 100, n // 2, d, k, kind)
+  sk, ours = fit_both(x, y, stages, seed, exp=np.exp)
+  if EXP_IS_LIBM:
+    assert_same_trees(sk, ours)
+    np.testing.assert_array_equal(ours.predict(x_test), sk.predict(x_test))
+    np.testing.assert_allclose(
+      ours.feature_importances, sk.feature_importances_, rtol=1e-9, atol=1e-15
+    )
+  else:
+    np.testing.assert_allclose(
+      ours.feature_importances, sk.feature_importances_, rtol=0, atol=IMPORTANCE_ATOL
+    )
+    assert np.mean(ours.predict(x_test) != sk.predict(x_test)) <= PREDICTIONS_DIFFERENT
+
+
+def test_sklearn_classifier_is_the_reference_model():
+  """``sklearn_classifier`` (DCI's ``trees="sklearn"``) is the model the port reproduces."""
+  x, y = gaussian_data(7, 300, 4, 3)
+  sk = boosting.sklearn_classifier(seed=7, n_estimators=5).fit(x, y)
+  ours = boosting.fit_gradient_boosting(x, y, n_estimators=5, seed=7, exp=boosting.libm_exp)
+  assert_same_trees(sk, ours)
+  np.testing.assert_array_equal(ours.feature_importances, sk.feature_importances_)
 
 
 def test_swap_partition_is_the_in_place_loop():

@@ -62,6 +62,16 @@ def test_one_worker_threads_and_processes_agree_and_metric_subsets_keep_their_va
   assert c[0] == {k: v for k, v in a[0].items() if k.startswith(("sap/", "mig/"))}
 
 
+def test_dci_trees_reach_the_classifiers():
+  d = IdentityData()
+  codes_of, _ = numpy_codes(ENCODERS[:1], d)
+  sizes = {"num_train": 100, "num_eval": 50}
+  (got,), _ = runner.evaluate_members(
+    codes_of, d, ("dci",), seed=4, workers=2, processes=True, dci_trees="sklearn", **sizes
+  )
+  assert got == dis.evaluate(ENCODERS[0], d, ("dci",), seed=4, dci_trees="sklearn", **sizes)
+
+
 def test_unique_factors_rebuild_every_draw():
   d = IdentityData()
   draws = dis.draw(d, seed=2, num_train=50, num_eval=40)

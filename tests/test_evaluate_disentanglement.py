@@ -83,6 +83,7 @@ def test_padding_does_not_change_codes(vae_run):
   [
     (["--metrics=mig,irs"], ["--metrics", "irs", "beta_vae"]),
     (["--workers=0"], ["--workers", ">= 1"]),
+    (["--dci_trees=xgboost"], ["--dci_trees", "numpy|sklearn"]),
     (["--dataset=8gaussians"], ["'8gaussians'", "no ground-truth factors", "dsprites_procedural"]),
     (["--dataset=dsprites", "--data_dir=/nonexistent"], ["not prepared", "prepare_data dsprites"]),
   ],

@@ -48,17 +48,30 @@ order, and the fitted model equals scikit-learn's bit for bit (checked in
 float32 value of a feature, scikit-learn's introsort leaves them in an order this module does not
 reproduce (here: by sample index). That order only changes the last bits of sums over the tied
 samples, which can decide between two candidate splits whose proxies are equal up to rounding;
-predictions and importances then still agree to rounding in all the cases tested. ``np.exp`` must
-agree with the C library's ``exp`` for the gradients to be bit-equal (it does on x86-64 without
-AVX-512; with AVX-512 numpy's own ``exp`` may differ in the last bit).
+predictions and importances then still agree to rounding in all the cases tested.
 
-Speed (:func:`benchmark`: 10,000 × 10 codes, 40 classes, 100 stages, one core of this machine,
-shared): 30 s here against 126 s for scikit-learn (measured on 10 stages, scaled), 4.2× (7.6 ms
-against 31.6 ms per tree). A whole DCI evaluation (113 trees per stage) then takes about 85 s
-instead of about 6 minutes. What is left is numpy's per-element cost: per tree and depth level,
-one gather, one sequential ``cumsum`` (which numpy does not vectorise) and six in-place
-elementwise passes over ``features × samples``, plus the stable partition of the per-feature
-orders; a sum in another order, or blocked, would change the bits of the proxies.
+The exponential: scikit-learn's losses call the C library's ``exp``, numpy's ``np.exp`` (the
+default ``exp``, fast) is the C library's on x86-64 without AVX-512, but its own AVX-512 code may
+differ in the last bit. Then a gradient differs by an ulp, and where two candidate splits tie up to
+rounding the other one may win. Measured on an AVX-512 CPU (``tests/test_boosting.py``'s DCI
+settings, 100 stages of 3 trees): a tree of stage 29 first splits differently, 7 of the 300
+differ (later stages fit other gradients), importances within 1.1e-4, the same predictions.
+``exp=libm_exp`` (the C library's, element by element through Python floats: about 0.24 µs a
+value under load, so 0.09 s a stage for 10,000 points of 40 classes, 7 % of such a fit in
+``experiments.bench.boosting``) makes the fit bit-equal on every machine; the
+tests compare with it bit for bit on every CPU, and the default within a stated tolerance where
+the two differ. pyproject.toml pins scikit-learn to 1.9.x, the release these internals are read
+from. :func:`sklearn_classifier` is scikit-learn's own model with the same parameters (DCI's
+``trees="sklearn"``).
+
+Speed (``python -m experiments.bench.boosting --n=10000 --classes=40 --stages=100
+--sklearn_stages=10``: 10 codes, one core of this machine, shared): 30 s here against 126 s for
+scikit-learn (measured on 10 stages, scaled), 4.2× (7.6 ms against 31.6 ms per tree). A whole
+DCI evaluation (113 trees per stage) then takes about 85 s instead of about 6 minutes. What is
+left is numpy's per-element cost: per tree and depth level, one gather, one sequential ``cumsum``
+(which numpy does not vectorise) and six in-place elementwise passes over ``features ×
+samples``, plus the stable partition of the per-feature orders; a sum in another order, or
+blocked, would change the bits of the proxies.
 
 Where scikit-learn 1.9.1 differs from older versions: the trees use the squared-error criterion
 (``friedman_mse`` is deprecated and mapped to it), whose proxy is ``S_l²/n_l + S_r²/n_r``; the
@@ -70,7 +83,8 @@ summed per stage first (after the normalisation the two differ only by rounding)
 from __future__ import annotations
 
 import dataclasses
-import time
+import math
+from collections.abc import Callable
 
 import numpy as np
 import scipy.special
@@ -82,6 +96,13 @@ FEATURE_THRESHOLD = np.float32(1e-7)  # scikit-learn's tree/_partitioner.pxd.
 EPSILON = float(np.finfo(np.float64).eps)  # tree/_tree.pyx.
 RAND_R_MAX = 2**31 - 1  # tree/_utils.pxd.
 _SAFE_DIVIDE_MIN = 1e-150  # ensemble/_gb.py's _safe_divide.
+_LIBM_EXP = np.frompyfunc(math.exp, 1, 1)
+
+
+def libm_exp(x: np.ndarray) -> np.ndarray:
+  """``exp`` of a float64 array by the C library's ``exp`` (``math.exp``), element by element: the
+  function scikit-learn's Cython losses call, bit for bit on every CPU."""
+  return _LIBM_EXP(x).astype(np.float64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -508,18 +529,20 @@ def _importances(tree: _Tree, d: int) -> np.ndarray:
 # Boosting.
 
 
-def _negative_gradient(raw: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
+def _negative_gradient(
+  raw: np.ndarray, y: np.ndarray, n_classes: int, exp: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
   """``−loss.gradient`` of ``HalfMultinomialLoss`` (``(n, K)``) or ``HalfBinomialLoss``
-  (``(n, 1)``) as scikit-learn's Cython computes it, sample by sample."""
+  (``(n, 1)``) as scikit-learn's Cython computes it, sample by sample, with ``exp``."""
   if n_classes == 2:
     r = raw[:, 0]
     yf = y.astype(np.float64)
     with np.errstate(over="ignore"):
-      e = np.exp(-r)
-      grad = np.where(r > -37, ((1 - yf) - yf * e) / (1 + e), np.exp(r) - yf)
+      e = exp(-r)
+      grad = np.where(r > -37, ((1 - yf) - yf * e) / (1 + e), exp(r) - yf)
     return -grad[:, None]
   shifted = raw - raw.max(axis=1, keepdims=True)
-  p = np.exp(shifted)
+  p = exp(shifted)
   sum_exps = np.zeros(raw.shape[0])
   for k in range(n_classes):  # Sequential, as the C loop.
     sum_exps += p[:, k]
@@ -560,6 +583,7 @@ def fit_gradient_boosting(
   max_depth: int = 3,
   min_samples_split: int = 2,
   seed: int = 0,
+  exp: Callable[[np.ndarray], np.ndarray] = np.exp,
 ) -> Boosted:
   """Fit ``GradientBoostingClassifier(loss="log_loss", subsample=1.0, min_samples_leaf=1,
   max_features=None, random_state=seed, ...)`` with the given stages, learning rate, depth.
@@ -569,6 +593,8 @@ def fit_gradient_boosting(
     y: ``(n,)`` integer class labels, at least 2 distinct.
     n_estimators, learning_rate, max_depth, min_samples_split: as scikit-learn's.
     seed: ``random_state`` (an int): it orders the features at every split.
+    exp: the exponential of the loss gradients, float64 array → array: ``np.exp`` (fast) or
+      :func:`libm_exp` (scikit-learn's bit for bit on every CPU; see the module docstring).
 
   Returns:
     The fitted :class:`Boosted`.
@@ -602,7 +628,7 @@ def fit_gradient_boosting(
   value = np.zeros(shape)
   importances = []
   for stage in range(n_estimators):
-    neg = _negative_gradient(raw, encoded, n_classes)
+    neg = _negative_gradient(raw, encoded, n_classes, exp)
     for t in range(n_trees):
       target = (encoded == t).astype(np.float64) if n_trees > 1 else encoded.astype(np.float64)
       neg_t = np.ascontiguousarray(neg[:, t])
@@ -631,26 +657,27 @@ def fit_gradient_boosting(
                  importance)  # fmt: skip
 
 
-def benchmark(
-  n: int = 10_000, d: int = 10, n_classes: int = 40, n_estimators: int = 100,
-  sklearn_stages: int = 10, seed: int = 0,
-) -> dict[str, float]:  # fmt: skip
-  """Seconds to fit ``n × d`` Gaussian codes with class-dependent means, ``n_classes`` classes,
-  ``n_estimators`` stages: this module, and scikit-learn measured on ``sklearn_stages`` stages
-  and scaled (stages cost alike). Needs scikit-learn (not a dependency of the fit itself).
-
-  Measured with the defaults (one shared core): ``{'ours_s': 30.3, 'sklearn_s': 126.5,
-  'speedup': 4.2}``.
-  """
+def sklearn_classifier(
+  seed: int = 0,
+  n_estimators: int = 100,
+  learning_rate: float = 0.1,
+  max_depth: int = 3,
+  min_samples_split: int = 2,
+):
+  """scikit-learn's unfitted ``GradientBoostingClassifier`` with the model of
+  :func:`fit_gradient_boosting` written out (every parameter it reproduces): the way back to the
+  reference. Its fitted ``feature_importances_`` and ``predict`` are this module's
+  ``feature_importances`` and ``predict``."""
   from sklearn.ensemble import GradientBoostingClassifier
 
-  rng = np.random.default_rng(seed)
-  y = rng.integers(0, n_classes, n)
-  x = rng.normal(size=(n, d)) + rng.normal(size=(n_classes, d))[y]
-  t0 = time.perf_counter()
-  fit_gradient_boosting(x, y, n_estimators=n_estimators, seed=seed)
-  ours = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  GradientBoostingClassifier(n_estimators=sklearn_stages, random_state=seed).fit(x, y)
-  theirs = (time.perf_counter() - t0) * n_estimators / sklearn_stages
-  return {"ours_s": ours, "sklearn_s": theirs, "speedup": theirs / ours}
+  return GradientBoostingClassifier(
+    loss="log_loss",
+    learning_rate=learning_rate,
+    n_estimators=n_estimators,
+    subsample=1.0,
+    max_depth=max_depth,
+    min_samples_split=min_samples_split,
+    min_samples_leaf=1,
+    max_features=None,
+    random_state=seed,
+  )

@@ -80,6 +80,7 @@ def evaluate_members(
   workers: int | None = None,
   progress: Progress | None = None,
   processes: bool | None = None,
+  dci_trees: str = "numpy",
 ) -> tuple[list[dict[str, float]], dict[str, float]]:
   """The named metrics of every member of ``codes_of``.
 
@@ -93,6 +94,8 @@ def evaluate_members(
       GIL too often for threads to run them in parallel) rather than threads; None: processes
       when at least :data:`PROCESSES_FROM` factor vectors are drawn (the published sizes draw
       2.9 million), threads for small evaluations, where starting processes costs more.
+    dci_trees: DCI's trees, ``"numpy"`` (the port, default) or ``"sklearn"``
+      (:func:`disentanglement.score`).
 
   Returns:
     ``(scores, seconds)``: per member ``{"<metric>/<score>": value}`` (as
@@ -120,7 +123,7 @@ def evaluate_members(
   for m in range(codes.shape[0]):
     for d in draws:
       member_codes = {name: codes[m, inverse[(d.metric, name)]] for name in d.factors}
-      scorings.append((m, d.metric, dis.SCORE[d.metric](d, member_codes)))
+      scorings.append((m, d.metric, dis.score(d, member_codes, dci_trees)))
   workers = workers or default_workers()
   if processes is None:  # Small evaluations (tests, smoke runs) are not worth starting processes.
     processes = drawn >= PROCESSES_FROM
