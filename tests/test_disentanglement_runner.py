@@ -11,6 +11,7 @@ import pytest
 from conftest import run_cli
 from test_disentanglement import IdentityData, mixed_encoder, true_encoder
 
+from experiments.bench import common
 from gen_models import data, models, population
 from gen_models.errors import UserError
 from gen_models.metrics import disentanglement as dis
@@ -151,7 +152,9 @@ def test_bench_disentanglement_writes_its_table(tmp_path):
     f"--output={out}",
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  (row,) = json.loads(out.read_text())["rows"]
+  results = json.loads(out.read_text())
+  assert tuple(results)[: len(common.HEADER_KEYS)] == common.HEADER_KEYS
+  (row,) = results["rows"]
   assert row["members"] == 1 and row["distinct_observations"] <= 384
   parts = row["draw_s"] + row["observations_s"] + row["encoder_s"] + row["classifiers_s"]
   assert parts == pytest.approx(row["total_s"], rel=0.05)

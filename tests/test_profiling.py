@@ -11,7 +11,7 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 from jax import lax
 
-from experiments.bench import profiling
+from experiments.bench import common, profiling
 
 
 def _hlo(fn, *args) -> tuple[str, float]:
@@ -166,6 +166,7 @@ def test_profile_step_command_on_the_toy_step(tmp_path):
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads((out / "profile.json").read_text())
+  assert tuple(result)[: len(common.HEADER_KEYS)] == common.HEADER_KEYS
   assert os.path.getsize(out / "step.hlo.txt") > 0
   shares = {r["category"]: r["share"] for r in result["categories"]}
   assert sum(shares.values()) == pytest.approx(1.0)

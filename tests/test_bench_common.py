@@ -1,0 +1,61 @@
+"""experiments/bench/common.py: the run header every benchmark JSON starts with, the worker
+processes (a failure is one line), the config names and the table."""
+
+import json
+import sys
+
+import pytest
+
+from experiments.bench import common, train_steps
+from gen_models.errors import UserError
+
+
+def test_header_has_the_one_schema(monkeypatch):
+  monkeypatch.setattr(sys, "argv", ["train.py", "--configs=toy", "--steps=1"])
+  h = common.header("experiments.bench.train")
+  assert tuple(h) == common.HEADER_KEYS
+  assert h["command"] == "python -m experiments.bench.train --configs=toy --steps=1"
+  assert h["backend"] == "cpu" and h["num_devices"] == 8  # conftest's fake devices.
+  assert len(h["loadavg"]) == 3
+  json.dumps(h)  # JSON as it is.
+
+
+def test_one_config_table():
+  assert train_steps.CONFIGS is common.CONFIGS  # The name the compile benchmark imports.
+  assert {"toy", "cifar10", "vae", "resnet", "flow"} <= set(common.CONFIGS)
+  assert common.load_config(common.CONFIGS["resnet_bf16"][0]).gan.compute_dtype == "bfloat16"
+  with pytest.raises(UserError, match="no experiments/configs/nope.py"):
+    common.load_config("nope:smoke")
+
+
+def test_check_names_is_one_line():
+  assert common.check_names(["toy"], common.CONFIGS, "configs") == ["toy"]
+  for bad in (["toy", "cifar10_resnet"], []):
+    with pytest.raises(UserError, match=r"^--configs must name some of toy, cifar10, "):
+      common.check_names(bad, common.CONFIGS, "configs")
+
+
+def test_format_table_right_aligns_and_dashes_missing_values():
+  rows = [{"config": "toy", "ms": 1.25}, {"config": "cifar10", "ms": None}]
+  table = common.format_table(rows, (("config", str), ("ms", common.fixed(1))))
+  assert table.splitlines() == [" config   ms", "    toy  1.2", "cifar10    -"]
+
+
+def test_spawn_returns_the_workers_json(tmp_path):
+  # The metrics benchmark's reference FID worker: numpy and scipy only, 8 features of dimension 4.
+  args = ["--_worker=fid_reference", "--_n=8", "--dim=4", "--seed=0"]
+  result = common.spawn("experiments.bench.metrics", args, "fid", str(tmp_path))
+  assert result["values"]["fid"] > 0 and result["data_sha256"]
+  assert result["loadavg_1m"] >= 0
+
+
+def test_spawn_failure_is_one_line(tmp_path, capfd):
+  args = ["--_worker=nope", "--_n=8"]
+  with pytest.raises(UserError) as e:
+    common.spawn("experiments.bench.metrics", args, "nope", str(tmp_path))
+  message = str(e.value)
+  assert "\n" not in message
+  assert message.startswith("benchmark worker nope failed (exit 1): ")
+  # The last line of the worker's traceback.
+  assert "UserError: --_worker must be one of prdc_ours, " in message
+  assert "Traceback" in capfd.readouterr().err  # The worker's own output still shows.
