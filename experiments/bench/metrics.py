@@ -1,7 +1,7 @@
 r"""Benchmark of the evaluation metrics against reference implementations (not a test).
 
     python -m experiments.bench.metrics [--metrics=prdc,fid] [--sizes=10000,50000] [--k=5] \
-        [--fid_n=10000] [--accelerator] [--output=experiments/results/bench_metrics_cpu.json]
+        [--fid_n=10000] [--accelerator] [--output=bench_metrics.json]
 
 Side by side in one run, on the same synthetic features:
 
@@ -89,9 +89,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic features.")
 _ACCELERATOR = flags.DEFINE_bool(
   "accelerator", False, "Let JAX use its default backend (else JAX_PLATFORMS=cpu)."
 )
-_OUTPUT = flags.DEFINE_string(
-  "output", "experiments/results/bench_metrics_cpu.json", "Where to write the JSON results."
-)
+_OUTPUT = flags.DEFINE_string("output", "bench_metrics.json", "Where to write the JSON results.")
 # Internal: one measurement in this process (the parent runs each one so); prints or writes JSON.
 _WORKER = flags.DEFINE_string("_worker", None, "Internal: run one measurement (see WORKERS).")
 _N = flags.DEFINE_integer("_n", None, "Internal: N of the worker's feature sets.")
