@@ -107,11 +107,25 @@ def header(command: str) -> dict:
   }
 
 
-def write_results(path: str, results: dict) -> None:
-  """Writes ``results`` as indented JSON to ``path`` (atomically) and says so; a one-line error
-  when it cannot."""
+def start(argv: list[str]) -> None:
+  """The start of every benchmark's ``main``: no positional arguments (absl's usage error), and
+  the libraries' chatter filtered (``experiments.cli.quiet_library_logs``)."""
+  from absl import app
+
   from experiments import cli
 
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.quiet_library_logs()
+
+
+def write_results(path: str | None, results: dict) -> None:
+  """Writes ``results`` as indented JSON to ``path`` (atomically) and says so; a one-line error
+  when it cannot. Nothing for a None ``path`` (no ``--output``)."""
+  from experiments import cli
+
+  if path is None:
+    return
   cli.write_json(path, results)
   print(f"wrote {path}", flush=True)
 

@@ -132,11 +132,7 @@ def run() -> dict:
   sizes = cli.positive_ints(_MEMBERS.value, "members")
   dis.check_metrics(_METRICS.value)
   _config()  # A bad --config is one error here, not one per row.
-  backend = jax.default_backend()
-  device = str(jax.devices()[0].device_kind)
-  gemms = [hardware.measure_gemm(2048)]
-  peak_note, peak = hardware.peak_of({}, backend, device, gemms)
-  print(f"peak: {peak / 1e9:,.0f} GFLOP/s ({peak_note})", flush=True)
+  peak_note, peak = hardware.device_peak()
   rows = []
   args = [a for a in sys.argv[1:] if not a.startswith(("--members", "--output"))]
   with tempfile.TemporaryDirectory() as tmp:
@@ -158,15 +154,12 @@ def run() -> dict:
     "peak_note": peak_note,
     "rows": rows,
   }
-  if _OUTPUT.value:
-    common.write_results(_OUTPUT.value, results)
+  common.write_results(_OUTPUT.value, results)
   return results
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.quiet_library_logs()
+  common.start(argv)
   if _WORKER.value is not None:
     row = cli.run_user_errors_as_exit(lambda: _row(_WORKER.value))
     common.write_worker_result(_RESULT.value, row)

@@ -160,9 +160,7 @@ def run() -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.quiet_library_logs()
+  common.start(argv)
   results = cli.run_user_errors_as_exit(run)
   print(f"jax {results['jax_version']}, {results['cpu_count']} cores, {results['date']}")
   print(common.format_table(results["rows"], COLUMNS))

@@ -176,11 +176,8 @@ def run() -> dict:
   common.check_names(_CONFIGS.value, SWEEPS, "configs")
   sizes = cli.positive_ints(_POPULATION.value, "population")
   common.check_names(_EXECUTIONS.value, population.EXECUTIONS, "executions")
-  backend = jax.default_backend()
-  gemms = [hardware.measure_gemm(2048)]  # The peak on CPU (and on GPUs without a data sheet).
-  peak_note, peak = hardware.peak_of({}, backend, str(jax.devices()[0].device_kind), gemms)
+  peak_note, peak = hardware.device_peak()
   peak /= 1e9
-  print(f"peak: {peak:,.0f} GFLOP/s ({peak_note})", flush=True)
   rows = []
   for name in _CONFIGS.value:
     rows += _rows(name, sizes, _EXECUTIONS.value, peak)
@@ -191,15 +188,12 @@ def run() -> dict:
     "peak_note": peak_note,
     "rows": rows,
   }
-  if _OUTPUT.value:
-    common.write_results(_OUTPUT.value, results)
+  common.write_results(_OUTPUT.value, results)
   return results
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.quiet_library_logs()
+  common.start(argv)
   cli.run_user_errors_as_exit(run)
 
 

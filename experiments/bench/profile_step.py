@@ -115,9 +115,7 @@ def profile(output: str) -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.quiet_library_logs()
+  common.start(argv)
 
   def run() -> dict:
     if not _OUTPUT.value:

@@ -630,9 +630,7 @@ def run() -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.quiet_library_logs()
+  common.start(argv)
   if _WORKER.value:
     cli.run_user_errors_as_exit(run_worker)  # The parent reports the error's line.
     return
