@@ -5,6 +5,7 @@ import json
 import sys
 
 import pytest
+from conftest import assert_one_line_error, run_cli
 
 from experiments.bench import common, train_steps
 from gen_models.errors import UserError
@@ -59,3 +60,35 @@ def test_spawn_failure_is_one_line(tmp_path, capfd):
   # The last line of the worker's traceback.
   assert "UserError: --_worker must be one of prdc_ours, " in message
   assert "Traceback" in capfd.readouterr().err  # The worker's own output still shows.
+
+
+def test_bench_train_runs_its_workers(tmp_path):
+  """bench.train's plumbing on the toy step: the GEMM peak and the step, each in a fresh worker,
+  behind the one header."""
+  out = tmp_path / "train.json"
+  proc = run_cli(
+    "experiments.bench.train",
+    "--configs=toy",
+    "--steps=1",
+    "--warmup=0",
+    "--conv_impls=xla",
+    "--critic_loops=unrolled",
+    "--notorch",
+    "--nolayers",
+    "--device_sweep=",
+    "--peak_n=64",
+    f"--output={out}",
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads(out.read_text())
+  assert tuple(results)[: len(common.HEADER_KEYS)] == common.HEADER_KEYS
+  (row,) = results["rows"]
+  keys = ("config", "framework", "timed_steps", "n_critic")
+  assert [row[k] for k in keys] == ["toy", "jax", 1, 5]
+  assert row["gen_steps_per_s"] > 0 and row["flops_per_step"] > 0
+  assert [g["n"] for g in results["gemm_peak"]] == [64, 64]
+
+
+def test_bench_train_bad_configs_is_one_line():
+  proc = run_cli("experiments.bench.train", "--configs=cifar10_resnet", "--notorch")
+  assert_one_line_error(proc, "--configs must name some of toy, cifar10, vae, resnet")

@@ -439,18 +439,18 @@ def _steps_warmup(name: str) -> tuple[int, int]:
 
 def _step_rows(name: str, tmp: str) -> list[dict]:
   steps, warmup = _steps_warmup(name)
-  common = {"config": name, "steps": steps, "warmup": warmup, "batch_size": _BATCH_SIZE.value}
+  shared = {"config": name, "steps": steps, "warmup": warmup, "batch_size": _BATCH_SIZE.value}
   impls = (
     _CONV_IMPLS.value if len(common.CONFIGS[name][1]) == 3 and name not in STRIDE_ONE else ["-"]
   )
   loops = _LOOPS.value if name not in NO_CRITIC_LOOP else ["-"]
   specs = []
   if _TORCH.value and name not in NO_TORCH_PEER:
-    specs.append({"worker": "torch_step", **common, **_torch_spec()})
+    specs.append({"worker": "torch_step", **shared, **_torch_spec()})
   for impl in impls:
     for loop in loops:
       impl_key = None if impl == "-" else impl
-      specs.append({"worker": "jax_step", **common, "conv_impl": impl_key, "critic_loop": loop})
+      specs.append({"worker": "jax_step", **shared, "conv_impl": impl_key, "critic_loop": loop})
   rounds = [[] for _ in specs]  # Per spec, each round's result: round-robin over the specs.
   for r in range(_ROUNDS.value):
     for spec, results in zip(specs, rounds, strict=True):
