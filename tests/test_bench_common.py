@@ -11,6 +11,17 @@ from experiments.bench import common, train_steps
 from gen_models.errors import UserError
 
 
+def run_bench(json_path, module: str, *args: str) -> dict:
+  """Runs the benchmark ``module`` with ``args``; returns the JSON it wrote at ``json_path``,
+  having checked that it starts with the one header."""
+  proc = run_cli(module, *args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(json_path) as f:
+    results = json.load(f)
+  assert tuple(results)[: len(common.HEADER_KEYS)] == common.HEADER_KEYS
+  return results
+
+
 def test_header_has_the_one_schema(monkeypatch):
   monkeypatch.setattr(sys, "argv", ["train.py", "--configs=toy", "--steps=1"])
   h = common.header("experiments.bench.train")
@@ -66,7 +77,8 @@ def test_bench_train_runs_its_workers(tmp_path):
   """bench.train's plumbing on the toy step: the GEMM peak and the step, each in a fresh worker,
   behind the one header."""
   out = tmp_path / "train.json"
-  proc = run_cli(
+  results = run_bench(
+    out,
     "experiments.bench.train",
     "--configs=toy",
     "--steps=1",
@@ -79,9 +91,6 @@ def test_bench_train_runs_its_workers(tmp_path):
     "--peak_n=64",
     f"--output={out}",
   )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  results = json.loads(out.read_text())
-  assert tuple(results)[: len(common.HEADER_KEYS)] == common.HEADER_KEYS
   (row,) = results["rows"]
   keys = ("config", "framework", "timed_steps", "n_critic")
   assert [row[k] for k in keys] == ["toy", "jax", 1, 5]

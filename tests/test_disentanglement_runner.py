@@ -3,15 +3,12 @@
 
 from __future__ import annotations
 
-import json
-
 import jax
 import numpy as np
 import pytest
-from conftest import run_cli
+from test_bench_common import run_bench
 from test_disentanglement import IdentityData, mixed_encoder, true_encoder
 
-from experiments.bench import common
 from gen_models import data, models, population
 from gen_models.errors import UserError
 from gen_models.metrics import disentanglement as dis
@@ -141,7 +138,8 @@ def test_jax_codes_host_path_and_single_run(smoke_population):
 def test_bench_disentanglement_writes_its_table(tmp_path):
   """The benchmark's plumbing on the smoke grid: a row per population size, phases that add up."""
   out = tmp_path / "bench.json"
-  proc = run_cli(
+  results = run_bench(
+    out,
     "experiments.bench.disentanglement",
     "--config=beta_vae_dsprites:smoke",
     "--members=1",
@@ -151,9 +149,6 @@ def test_bench_disentanglement_writes_its_table(tmp_path):
     "--batch_size=128",
     f"--output={out}",
   )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  results = json.loads(out.read_text())
-  assert tuple(results)[: len(common.HEADER_KEYS)] == common.HEADER_KEYS
   (row,) = results["rows"]
   assert row["members"] == 1 and row["distinct_observations"] <= 384
   parts = row["draw_s"] + row["observations_s"] + row["encoder_s"] + row["classifiers_s"]
