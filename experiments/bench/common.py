@@ -9,7 +9,8 @@ JSON and the tables.
   with.
 * :func:`spawn` / :func:`write_worker_result`: one measurement in a fresh Python process, so that
   compilation caches, allocators and imports of one row do not reach the next.
-* :func:`write_results`, :func:`format_table`: the JSON file and the printed table.
+* :func:`finish` (the header, the fields, the file), :func:`write_results`, :func:`format_table`:
+  the JSON and the printed table.
 
 No JAX at module level: ``experiments.bench.metrics`` spawns workers that must not import it.
 """
@@ -128,6 +129,14 @@ def write_results(path: str | None, results: dict) -> None:
     return
   cli.write_json(path, results)
   print(f"wrote {path}", flush=True)
+
+
+def finish(command: str, output: str | None, **fields) -> dict:
+  """A benchmark's results: :func:`header` then ``fields``, written to ``output`` when given
+  (:func:`write_results`)."""
+  results = {**header(command), **fields}
+  write_results(output, results)
+  return results
 
 
 def format_table(rows: list[dict], columns) -> str:

@@ -143,19 +143,18 @@ def run() -> dict:
       row["percent_of_peak"] = 100.0 * row["encoder_gflop_per_s"] * 1e9 / peak
       rows.append(row)
   print(common.format_table(rows, _COLUMNS))
-  results = {
-    **common.header("experiments.bench.disentanglement"),
-    "config": _CONFIG.value,
-    "metrics": list(_METRICS.value),
-    "num_train": _NUM_TRAIN.value,
-    "num_eval": _NUM_EVAL.value,
-    "batch_size": _BATCH_SIZE.value,
-    "peak_gflop_per_s": peak / 1e9,
-    "peak_note": peak_note,
-    "rows": rows,
-  }
-  common.write_results(_OUTPUT.value, results)
-  return results
+  return common.finish(
+    "experiments.bench.disentanglement",
+    _OUTPUT.value,
+    config=_CONFIG.value,
+    metrics=list(_METRICS.value),
+    num_train=_NUM_TRAIN.value,
+    num_eval=_NUM_EVAL.value,
+    batch_size=_BATCH_SIZE.value,
+    peak_gflop_per_s=peak / 1e9,
+    peak_note=peak_note,
+    rows=rows,
+  )
 
 
 def main(argv):

@@ -182,14 +182,13 @@ def run() -> dict:
   for name in _CONFIGS.value:
     rows += _rows(name, sizes, _EXECUTIONS.value, peak)
   print(common.format_table(rows, _COLUMNS))
-  results = {
-    **common.header("experiments.bench.population"),
-    "peak_gflop_per_s": peak,
-    "peak_note": peak_note,
-    "rows": rows,
-  }
-  common.write_results(_OUTPUT.value, results)
-  return results
+  return common.finish(
+    "experiments.bench.population",
+    _OUTPUT.value,
+    peak_gflop_per_s=peak,
+    peak_note=peak_note,
+    rows=rows,
+  )
 
 
 def main(argv):
