@@ -184,16 +184,6 @@ def results_commands(workdir: str) -> list[str]:
 write_json = workdir_lib.write_json
 
 
-def format_table(rows: list[dict], columns) -> str:
-  """A right-aligned text table of ``rows``: ``columns`` is ``(key, formatter)`` pairs; a missing
-  or None value prints as ``-`` (the benchmarks' tables)."""
-  cells = [[c for c, _ in columns]]
-  for r in rows:
-    cells.append(["-" if r.get(c) is None else fmt(r[c]) for c, fmt in columns])
-  widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-  return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells)
-
-
 def workdir_members(path: str, member: int | None):
   """The members to evaluate of a population's workdir ``path`` (all, or ``member``); None when
   ``path`` is not a population's workdir (a file, or a single run). A ``member`` out of range,

@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import json
-
 import jax
 import numpy as np
 import pytest
-from conftest import run_cli
+from test_bench_common import run_bench
 from test_disentanglement import IdentityData, mixed_encoder, true_encoder
 
 from gen_models import data, models, population
@@ -150,7 +148,8 @@ def test_jax_codes_host_path_and_single_run(smoke_population):
 def test_bench_disentanglement_writes_its_table(tmp_path):
   """The benchmark's plumbing on the smoke grid: a row per population size, phases that add up."""
   out = tmp_path / "bench.json"
-  proc = run_cli(
+  results = run_bench(
+    out,
     "experiments.bench.disentanglement",
     "--config=beta_vae_dsprites:smoke",
     "--members=1",
@@ -160,8 +159,7 @@ def test_bench_disentanglement_writes_its_table(tmp_path):
     "--batch_size=128",
     f"--output={out}",
   )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  (row,) = json.loads(out.read_text())["rows"]
+  (row,) = results["rows"]
   assert row["members"] == 1 and row["distinct_observations"] <= 384
   parts = row["draw_s"] + row["observations_s"] + row["encoder_s"] + row["classifiers_s"]
   assert parts == pytest.approx(row["total_s"], rel=0.05)

@@ -1,7 +1,6 @@
 """experiments/bench/profiling.py and the profile_step command: FLOPs of HLO convolutions and matrix
 products against XLA's cost analysis, the per-step totals against hand counts."""
 
-import json
 import os
 import types
 
@@ -10,6 +9,7 @@ import jax.numpy as jnp
 import pytest
 from conftest import assert_one_line_error, run_cli
 from jax import lax
+from test_bench_common import run_bench
 
 from experiments.bench import profiling
 
@@ -161,11 +161,14 @@ def test_summary_totals_per_step():
 
 def test_profile_step_command_on_the_toy_step(tmp_path):
   out = tmp_path / "profile"
-  proc = run_cli(
-    "experiments.bench.profile_step", "--config=toy", "--steps=1", "--warmup=0", f"--output={out}"
+  result = run_bench(
+    out / "profile.json",
+    "experiments.bench.profile_step",
+    "--config=toy",
+    "--steps=1",
+    "--warmup=0",
+    f"--output={out}",
   )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  result = json.loads((out / "profile.json").read_text())
   assert os.path.getsize(out / "step.hlo.txt") > 0
   shares = {r["category"]: r["share"] for r in result["categories"]}
   assert sum(shares.values()) == pytest.approx(1.0)

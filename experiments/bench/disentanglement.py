@@ -2,7 +2,7 @@ r"""Benchmark of the disentanglement metrics of a population: where the time goe
 
     python -m experiments.bench.disentanglement [--config=beta_vae_dsprites] \
         [--members=1,6] [--metrics=beta_vae,factor_vae,mig,dci,sap] [--num_train=N --num_eval=M] \
-        [--output=experiments/results/bench_disentanglement_cpu.json]
+        [--output=FILE.json]
 
 For each population size N of ``--members``, a population of N freshly initialised members of the
 config's model (the encoder's cost does not depend on training; the classifiers' a little) is
@@ -16,19 +16,16 @@ members, ``--workers`` threads) and ``total``; ``other_pct`` = everything but th
 share of the total (the issue's target: ≤ 20 % on a 2-core CPU); the encoder's FLOPs per image
 (XLA's cost analysis of the compiled batch), its achieved FLOP/s and % of the device's peak
 (``experiments.bench.hardware``: the data sheet on a known GPU, a GEMM measured in the same run on a
-CPU); ``s_per_member``. The JSON has the machine, its load average before and after each row,
-and the rows.
+CPU); ``s_per_member``. The JSON (``--output``) has the run header
+(``experiments.bench.common.header``), the load average before and after each row, and the
+rows.
 """
 
 from __future__ import annotations
 
-import datetime
-import importlib
-import json
 import os
-import platform
-import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -36,8 +33,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import cli
-from experiments.bench import hardware
-from gen_models import config as config_lib
+from experiments.bench import common, hardware
 from gen_models import data, logs, models, population
 from gen_models.errors import UserError
 from gen_models.metrics import disentanglement as dis
@@ -59,29 +55,25 @@ _EXECUTION = flags.DEFINE_enum(
 )
 _OUTPUT = flags.DEFINE_string("output", None, "Output JSON file.")
 _WORKER = flags.DEFINE_integer("_worker", None, "Internal: measure one row (N members).")
+_RESULT = flags.DEFINE_string("_result", None, "Internal: where the worker writes its JSON.")
 
 _COLUMNS = [
   ("members", str),
-  ("draw_s", lambda v: f"{v:.1f}"),
-  ("observations_s", lambda v: f"{v:.1f}"),
-  ("encoder_s", lambda v: f"{v:.1f}"),
-  ("classifiers_s", lambda v: f"{v:.1f}"),
-  ("total_s", lambda v: f"{v:.1f}"),
+  ("draw_s", common.fixed(1)),
+  ("observations_s", common.fixed(1)),
+  ("encoder_s", common.fixed(1)),
+  ("classifiers_s", common.fixed(1)),
+  ("total_s", common.fixed(1)),
   ("other_pct", lambda v: f"{v:.0f}%"),
-  ("s_per_member", lambda v: f"{v:.1f}"),
+  ("s_per_member", common.fixed(1)),
   ("encoder_gflop_per_s", lambda v: f"{v:,.0f}"),
   ("percent_of_peak", lambda v: f"{v:.0f}%"),
-  ("load", lambda v: f"{v:.1f}"),
+  ("load", common.fixed(1)),
 ]
 
 
 def _config():
-  name, _, arg = _CONFIG.value.partition(":")
-  try:
-    module = importlib.import_module(f"experiments.configs.{name}")
-  except ModuleNotFoundError:
-    raise UserError(f"--config={_CONFIG.value}: no experiments/configs/{name}.py") from None
-  config = config_lib.validate(module.get_config(arg or None))
+  config = common.load_config(_CONFIG.value)
   config.population.sweep = ""
   return config
 
@@ -140,52 +132,36 @@ def run() -> dict:
   sizes = cli.positive_ints(_MEMBERS.value, "members")
   dis.check_metrics(_METRICS.value)
   _config()  # A bad --config is one error here, not one per row.
-  backend = jax.default_backend()
-  device = str(jax.devices()[0].device_kind)
-  gemms = [hardware.measure_gemm(2048)]
-  peak_note, peak = hardware.peak_of({}, backend, device, gemms)
-  print(f"peak: {peak / 1e9:,.0f} GFLOP/s ({peak_note})", flush=True)
+  peak_note, peak = hardware.device_peak()
   rows = []
-  for n in sizes:
-    args = [a for a in sys.argv[1:] if not a.startswith(("--members", "--output"))]
-    cmd = [sys.executable, "-m", "experiments.bench.disentanglement", f"--_worker={n}", *args]
-    print(f"{n} member(s): {' '.join(cmd[1:])}", flush=True)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
-    if proc.returncode != 0:
-      raise UserError(f"the row of {n} member(s) failed (exit {proc.returncode}); see above")
-    row = json.loads(proc.stdout.strip().splitlines()[-1])
-    row["percent_of_peak"] = 100.0 * row["encoder_gflop_per_s"] * 1e9 / peak
-    rows.append(row)
-  print(cli.format_table(rows, _COLUMNS))
-  results = {
-    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    "backend": backend,
-    "device": device,
-    "jax": jax.__version__,
-    "machine": platform.processor() or platform.machine(),
-    "cpu_count": os.cpu_count(),
-    "config": _CONFIG.value,
-    "metrics": list(_METRICS.value),
-    "num_train": _NUM_TRAIN.value,
-    "num_eval": _NUM_EVAL.value,
-    "batch_size": _BATCH_SIZE.value,
-    "peak_gflop_per_s": peak / 1e9,
-    "peak_note": peak_note,
-    "rows": rows,
-  }
-  if _OUTPUT.value:
-    cli.write_json(_OUTPUT.value, results)
-    print(f"wrote {_OUTPUT.value}")
-  return results
+  args = [a for a in sys.argv[1:] if not a.startswith(("--members", "--output"))]
+  with tempfile.TemporaryDirectory() as tmp:
+    for n in sizes:
+      row = common.spawn(
+        "experiments.bench.disentanglement", [f"--_worker={n}", *args], f"{n} member(s)", tmp
+      )
+      row["percent_of_peak"] = 100.0 * row["encoder_gflop_per_s"] * 1e9 / peak
+      rows.append(row)
+  print(common.format_table(rows, _COLUMNS))
+  return common.finish(
+    "experiments.bench.disentanglement",
+    _OUTPUT.value,
+    config=_CONFIG.value,
+    metrics=list(_METRICS.value),
+    num_train=_NUM_TRAIN.value,
+    num_eval=_NUM_EVAL.value,
+    batch_size=_BATCH_SIZE.value,
+    peak_gflop_per_s=peak / 1e9,
+    peak_note=peak_note,
+    rows=rows,
+  )
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.quiet_library_logs()
+  common.start(argv)
   if _WORKER.value is not None:
     row = cli.run_user_errors_as_exit(lambda: _row(_WORKER.value))
-    print(json.dumps(row), flush=True)
+    common.write_worker_result(_RESULT.value, row)
     return
   start = time.perf_counter()
   cli.run_user_errors_as_exit(run)

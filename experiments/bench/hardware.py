@@ -141,3 +141,13 @@ def add_flop_rates(rows: list[dict], backend: str, device_kind: str, gemms: list
     achieved, percent = percent_of_peak(r["flops_per_step"], r["gen_steps_per_s"], peak)
     r.update(flops_per_s=achieved, peak=peak_name, peak_flops_per_s=peak)
     r["percent_of_peak"] = percent
+
+
+def device_peak(n: int = 2048) -> tuple[str, float]:
+  """``(what, FLOP/s)``: the peak of the default device that float32 rows are measured against
+  (:func:`peak_of`: a known GPU's data sheet, else a float32 ``n³`` GEMM measured now), and
+  prints it."""
+  device_kind = str(jax.devices()[0].device_kind)
+  note, peak = peak_of({}, jax.default_backend(), device_kind, [measure_gemm(n)])
+  print(f"peak: {peak / 1e9:,.0f} GFLOP/s ({note})", flush=True)
+  return note, peak

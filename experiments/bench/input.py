@@ -1,6 +1,6 @@
 r"""Benchmark of the host input pipeline: what one train step's data costs (not a test).
 
-    python -m experiments.bench.input [--configs=toy,vae,cifar10,cifar10_resnet] [--steps=N] \
+    python -m experiments.bench.input [--configs=toy,vae,cifar10,resnet] [--steps=N] \
         [--data_dir=DIR] [--examples=N] [--output=bench_input.json]
 
 For each config, the dataset is made exactly as the trainer makes it (``gen_models.data.create``)
@@ -12,11 +12,12 @@ see whether a run on that device is input-bound.
 
 * ``toy``: ``wgan_gp_toy`` (2-D points, computed per batch).
 * ``vae``: ``beta_vae_dsprites`` on ``dsprites_procedural`` (rendered per batch).
-* ``cifar10``, ``cifar10_resnet``: ``wgan_gp_cifar10`` / ``wgan_gp_cifar10_resnet`` read through
+* ``cifar10``, ``resnet``: ``wgan_gp_cifar10`` / ``wgan_gp_cifar10_resnet`` read through
   ``tfds.data_source`` + grain from ``--data_dir`` when given (a prepared ``cifar10``), else from
   ``--examples`` random 32×32×3 uint8 images with random labels written to a temporary data dir
   by the same converter as ``prepare_data cifar10`` (``gen_models.data.archives``), so the
-  reading code is the real one and only the pixels are not CIFAR-10's.
+  reading code is the real one and only the pixels are not CIFAR-10's. Any other name of
+  ``experiments.bench.common.CONFIGS`` works too (the 32×32×3 ones read CIFAR-10 so).
 
 ``--population=N1,N2`` adds, for each N, the host input of a population of N members (seeds
 ``seed … seed+N−1``) through ``gen_models.data.members.MemberSteps`` as the trainer uses it: the
@@ -24,32 +25,24 @@ example indices of every member (``members: N, device_gather``) for the data set
 device (dSprites, CIFAR-10), every member's stacked batches for the toy sets drawn on the host.
 ``input_steps_per_s`` is then population steps (N runs' steps each).
 
-Runs in this process, one config after another; prints a table and writes JSON with the versions,
-date and load average (these machines are shared).
+Runs in this process, one config after another; prints a table and writes JSON with the run
+header (``experiments.bench.common.header``) and each row's load average (these machines are
+shared).
 """
 
 from __future__ import annotations
 
-import datetime
 import os
-import platform
 import tempfile
 import time
 
-import jax
 import numpy as np
 from absl import app, flags
 
 from experiments import cli
+from experiments.bench import common
 from gen_models.errors import UserError
 
-# name -> (config module, config argument or None, needs TFDS image data)
-CONFIGS = {
-  "toy": ("wgan_gp_toy", None, False),
-  "vae": ("beta_vae_dsprites", None, False),
-  "cifar10": ("wgan_gp_cifar10", None, True),
-  "cifar10_resnet": ("wgan_gp_cifar10_resnet", None, True),
-}
 COLUMNS = (
   ("config", str),
   ("dataset", str),
@@ -57,13 +50,15 @@ COLUMNS = (
   ("device_gather", str),
   ("batch", str),
   ("batches_per_step", str),
-  ("ms_per_step", lambda v: f"{v:.2f}"),
-  ("ms_per_example", lambda v: f"{v:.4f}"),
-  ("input_steps_per_s", lambda v: f"{v:.1f}"),
-  ("loadavg_1m", lambda v: f"{v:.1f}"),
+  ("ms_per_step", common.fixed(2)),
+  ("ms_per_example", common.fixed(4)),
+  ("input_steps_per_s", common.fixed(1)),
+  common.LOAD_COLUMN,
 )
 
-_CONFIGS = flags.DEFINE_list("configs", list(CONFIGS), f"Any of {', '.join(CONFIGS)}.")
+_CONFIGS = flags.DEFINE_list(
+  "configs", ["toy", "vae", "cifar10", "resnet"], f"Any of {', '.join(common.CONFIGS)}."
+)
 _STEPS = flags.DEFINE_integer("steps", 50, "Timed train steps of data per config.")
 _DATA_DIR = flags.DEFINE_string(
   "data_dir", None, "TFDS data dir holding a prepared cifar10 (default: synthetic images)."
@@ -91,16 +86,16 @@ def write_synthetic_cifar10(data_dir: str, examples: int, seed: int = 0) -> str:
   return prepare_lib.write(archives.image_spec("cifar10", arrays, (32, 32, 3), ""), data_dir)
 
 
+def _images(name: str) -> bool:
+  """Whether config ``name`` reads CIFAR-10 (a TFDS data dir)."""
+  return common.CONFIGS[name][1] == (32, 32, 3)
+
+
 def _config(name: str, data_dir: str | None):
-  import importlib
-
-  from gen_models import config as config_lib
-
-  module, arg, images = CONFIGS[name]
-  config = importlib.import_module(f"experiments.configs.{module}").get_config(arg)
-  if images:
+  config = common.load_config(common.CONFIGS[name][0])
+  if _images(name):
     config.dataset.data_dir = data_dir
-  return config_lib.validate(config)
+  return config
 
 
 def measure(name: str, steps: int, data_dir: str | None, members: int = 0) -> dict:
@@ -143,15 +138,13 @@ def measure(name: str, steps: int, data_dir: str | None, members: int = 0) -> di
 
 
 def run() -> dict:
-  unknown = [n for n in _CONFIGS.value if n not in CONFIGS]
-  if unknown or not _CONFIGS.value:
-    raise UserError(f"--configs must name some of {', '.join(CONFIGS)}; got {_CONFIGS.value}")
+  common.check_names(_CONFIGS.value, common.CONFIGS, "configs")
   if _STEPS.value < 1 or _EXAMPLES.value < 1:
     raise UserError("--steps and --examples must be >= 1")
   synthetic = None
   with tempfile.TemporaryDirectory() as tmp:
     data_dir = _DATA_DIR.value
-    if data_dir is None and any(CONFIGS[n][2] for n in _CONFIGS.value):
+    if data_dir is None and any(_images(n) for n in _CONFIGS.value):
       write_synthetic_cifar10(tmp, _EXAMPLES.value)
       data_dir, synthetic = tmp, _EXAMPLES.value
     sizes = cli.positive_ints(_POPULATION.value, "population")
@@ -160,25 +153,18 @@ def run() -> dict:
       rows.append(measure(name, _STEPS.value, data_dir))
       rows += [measure(name, _STEPS.value, data_dir, n) for n in sizes]
   return {
-    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    "jax_version": jax.__version__,
-    "cpu_count": os.cpu_count(),
-    "python": platform.python_version(),
-    "machine": platform.machine(),
+    **common.header("experiments.bench.input"),
     "cifar10": f"synthetic, {synthetic} train examples" if synthetic else _DATA_DIR.value,
     "rows": rows,
   }
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.quiet_library_logs()
+  common.start(argv)
   results = cli.run_user_errors_as_exit(run)
   print(f"jax {results['jax_version']}, {results['cpu_count']} cores, {results['date']}")
-  print(cli.format_table(results["rows"], COLUMNS))
-  cli.run_user_errors_as_exit(lambda: cli.write_json(_OUTPUT.value, results))
-  print(f"wrote {_OUTPUT.value}")
+  print(common.format_table(results["rows"], COLUMNS))
+  cli.run_user_errors_as_exit(lambda: common.write_results(_OUTPUT.value, results))
 
 
 if __name__ == "__main__":

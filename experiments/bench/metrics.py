@@ -1,7 +1,7 @@
 r"""Benchmark of the evaluation metrics against reference implementations (not a test).
 
     python -m experiments.bench.metrics [--metrics=prdc,fid] [--sizes=10000,50000] [--k=5] \
-        [--fid_n=10000] [--accelerator] [--output=experiments/results/bench_metrics_cpu.json]
+        [--fid_n=10000] [--accelerator] [--output=bench_metrics.json]
 
 Side by side in one run, on the same synthetic features:
 
@@ -51,14 +51,14 @@ import io
 import json
 import os
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from importlib import metadata
 
 import numpy as np
 from absl import app, flags
+
+from experiments.bench import common
 
 # No gen_models (nor experiments.cli) import at module level: it imports JAX and Flax, which the
 # reference workers must not load (their memory would count). See _error and main.
@@ -89,9 +89,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic features.")
 _ACCELERATOR = flags.DEFINE_bool(
   "accelerator", False, "Let JAX use its default backend (else JAX_PLATFORMS=cpu)."
 )
-_OUTPUT = flags.DEFINE_string(
-  "output", "experiments/results/bench_metrics_cpu.json", "Where to write the JSON results."
-)
+_OUTPUT = flags.DEFINE_string("output", "bench_metrics.json", "Where to write the JSON results.")
 # Internal: one measurement in this process (the parent runs each one so); prints or writes JSON.
 _WORKER = flags.DEFINE_string("_worker", None, "Internal: run one measurement (see WORKERS).")
 _N = flags.DEFINE_integer("_n", None, "Internal: N of the worker's feature sets.")
@@ -272,12 +270,10 @@ def run_worker() -> None:
   result = WORKERS[_WORKER.value](_N.value)
   # ru_maxrss is in KiB on Linux.
   result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
-  text = json.dumps(result)
   if _RESULT.value:
-    with open(_RESULT.value, "w") as f:
-      f.write(text)
+    common.write_worker_result(_RESULT.value, result)
   else:
-    print(text)
+    print(json.dumps(result))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,24 +282,9 @@ def run_worker() -> None:
 
 def _spawn(name: str, n: int, tmp: str) -> dict:
   """Runs worker ``name`` in a fresh ``python -m experiments.bench.metrics``; returns its JSON."""
-  result_path = os.path.join(tmp, f"{name}_{n}.json")
-  argv = [sys.executable, "-m", "experiments.bench.metrics", f"--_worker={name}", f"--_n={n}"]
-  argv += [f"--_result={result_path}", f"--_stats={tmp}"]
-  argv += [f"--k={_K.value}", f"--dim={_DIM.value}", f"--seed={_SEED.value}"]
-  argv += [f"--warm_max_n={_WARM_MAX_N.value}"]
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  print(f"  {name} n={n} ...", end="", flush=True)
-  load = os.getloadavg()[0]  # Other processes on the cores make wall times longer.
-  proc = subprocess.run(argv, cwd=root, env=os.environ.copy(), check=False)
-  if proc.returncode != 0:
-    print(flush=True)
-    raise _error(f"worker {name} n={n} exited with code {proc.returncode}")
-  with open(result_path) as f:
-    result = json.load(f)
-  result["loadavg_1m"] = max(load, os.getloadavg()[0])
-  seconds = result.get("seconds")
-  print(f" {seconds:.2f} s" if seconds is not None else " done", flush=True)
-  return result
+  args = [f"--_worker={name}", f"--_n={n}", f"--_stats={tmp}", f"--k={_K.value}"]
+  args += [f"--dim={_DIM.value}", f"--seed={_SEED.value}", f"--warm_max_n={_WARM_MAX_N.value}"]
+  return common.spawn("experiments.bench.metrics", args, f"{name} n={n}", tmp)
 
 
 def _row(metric: str, n: int, method: str, result: dict, inputs_mb: float) -> dict:
@@ -451,17 +432,13 @@ def format_targets(targets: list[dict]) -> str:
 
 
 def run() -> dict:
-  unknown = [m for m in _METRICS.value if m not in METRICS]
-  if unknown or not _METRICS.value:
-    raise _error(f"--metrics must name some of {', '.join(METRICS)}; got {_METRICS.value}")
+  common.check_names(_METRICS.value, METRICS, "metrics")
   try:
     sizes = [int(s) for s in _SIZES.value]
   except ValueError as e:
     raise _error(f"--sizes must be integers, got {_SIZES.value}") from e
   if any(n <= _K.value for n in sizes) or _FID_N.value < 2 or _K.value < 1:
     raise _error("need --k >= 1, every --sizes > --k and --fid_n >= 2")
-
-  from experiments.bench import hardware  # Here (it imports jax), after JAX_PLATFORMS is set.
 
   rows, targets = [], []
   with tempfile.TemporaryDirectory() as tmp:
@@ -471,7 +448,7 @@ def run() -> dict:
     if "fid" in _METRICS.value:
       rows += _fid_rows(_FID_N.value, tmp, targets)
   return {
-    **hardware.run_info(),
+    **common.header("experiments.bench.metrics"),  # Imports JAX, after JAX_PLATFORMS is set.
     "versions": {p: _version(p) for p in ("numpy", "scipy", "scikit-learn", "prdc")},
     "k": _K.value,
     "dim": _DIM.value,
@@ -502,10 +479,9 @@ def main(argv):
     f"jax {results['jax_version']}, {results['num_devices']} × {results['device_kind']}, "
     f"{results['cpu_count']} CPUs, {results['date']}"
   )
-  print(cli.format_table(results["rows"], COLUMNS))
+  print(common.format_table(results["rows"], COLUMNS))
   print(format_targets(results["targets"]))
-  cli.run_user_errors_as_exit(lambda: cli.write_json(_OUTPUT.value, results))
-  print(f"wrote {_OUTPUT.value}")
+  cli.run_user_errors_as_exit(lambda: common.write_results(_OUTPUT.value, results))
 
 
 if __name__ == "__main__":

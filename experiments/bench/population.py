@@ -19,15 +19,14 @@ dense peak (XLA's default precision for float32 matmuls there).
   over β, as the disentanglement study's.
 * ``flow``: ``realnvp_toy.py`` (10 couplings, batch 256).
 
-All in this process, one measurement after another; the JSON records the load average before and
-after each row, the versions, backend and date.
+All in this process, one measurement after another; the JSON has the run header
+(``experiments.bench.common.header``) and the load average before and after each row. The config
+names are those of ``experiments.bench.common.CONFIGS``.
 """
 
 from __future__ import annotations
 
-import datetime
 import os
-import platform
 import time
 
 import jax
@@ -36,20 +35,19 @@ import numpy as np
 from absl import app, flags
 
 from experiments import cli
-from experiments.bench import hardware
+from experiments.bench import common, hardware
 from gen_models import config as config_lib
 from gen_models import data as data_lib
 from gen_models import models, population
-from gen_models.errors import UserError
 
-# name -> (config module, the swept key, its N values).
-CONFIGS = {
-  "toy": ("wgan_gp_toy", "gan.gp_weight", lambda n: np.geomspace(1, 100, n)),
-  "vae": ("beta_vae_dsprites", "vae.beta", lambda n: np.geomspace(1, 16, n)),
-  "flow": ("realnvp_toy", "optimizer.learning_rate", lambda n: np.geomspace(3e-4, 3e-3, n)),
+# common.CONFIGS name -> (the swept key, its N values).
+SWEEPS = {
+  "toy": ("gan.gp_weight", lambda n: np.geomspace(1, 100, n)),
+  "vae": ("vae.beta", lambda n: np.geomspace(1, 16, n)),
+  "flow": ("optimizer.learning_rate", lambda n: np.geomspace(3e-4, 3e-3, n)),
 }
 
-_CONFIGS = flags.DEFINE_list("configs", ["toy", "vae", "flow"], f"From {', '.join(CONFIGS)}.")
+_CONFIGS = flags.DEFINE_list("configs", ["toy", "vae", "flow"], f"From {', '.join(SWEEPS)}.")
 _POPULATION = flags.DEFINE_list("population", ["1", "4", "8"], "Population sizes N.")
 _EXECUTIONS = flags.DEFINE_list(
   "executions", ["vmap", "map", "unroll"], f"From {', '.join(population.EXECUTIONS)}."
@@ -57,11 +55,6 @@ _EXECUTIONS = flags.DEFINE_list(
 _STEPS = flags.DEFINE_integer("steps", None, "Timed steps (default: by config and backend).")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps after compiling.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON file for the results.")
-
-
-def _config(name: str):
-  module = __import__(f"experiments.configs.{CONFIGS[name][0]}", fromlist=["get_config"])
-  return config_lib.validate(module.get_config())
 
 
 def _default_steps(name: str) -> int:
@@ -104,11 +97,11 @@ def _measure(step, state, batch, steps: int, warmup: int) -> dict:
 
 
 def _rows(name: str, sizes: list[int], executions: list[str], peak: float) -> list[dict]:
-  base = _config(name)
+  base = common.load_config(common.CONFIGS[name][0])
   family = models.make_family(base, data_lib.example_shape(base))
   k, b = family.batches_per_step, base.batch_size
   steps, warmup = _STEPS.value or _default_steps(name), _WARMUP.value
-  _, key, values_of = CONFIGS[name]
+  key, values_of = SWEEPS[name]
   rows = []
 
   def add(kind, n, execution, measured, load0):
@@ -130,7 +123,7 @@ def _rows(name: str, sizes: list[int], executions: list[str], peak: float) -> li
         "load_after": os.getloadavg()[0],
       }
     )
-    print(cli.format_table(rows[-1:], _COLUMNS), flush=True)
+    print(common.format_table(rows[-1:], _COLUMNS), flush=True)
 
   load0 = os.getloadavg()[0]
   single = _measure(
@@ -174,48 +167,32 @@ _COLUMNS = (
   ("examples_per_s", lambda v: f"{v:,.0f}"),
   ("gflop", _g(3)),
   ("gflop_per_s", _g(3)),
-  ("pct_peak", lambda v: f"{v:.1f}"),
-  ("vs_sequential", lambda v: f"{v:.2f}"),
+  ("pct_peak", common.fixed(1)),
+  ("vs_sequential", common.fixed(2)),
 )
 
 
 def run() -> dict:
-  unknown = [c for c in _CONFIGS.value if c not in CONFIGS]
-  if unknown:
-    raise UserError(f"--configs: unknown {unknown}; known: {', '.join(CONFIGS)}")
+  common.check_names(_CONFIGS.value, SWEEPS, "configs")
   sizes = cli.positive_ints(_POPULATION.value, "population")
-  bad = [e for e in _EXECUTIONS.value if e not in population.EXECUTIONS]
-  if bad:
-    raise UserError(f"--executions: unknown {bad}; known: {', '.join(population.EXECUTIONS)}")
-  backend = jax.default_backend()
-  gemms = [hardware.measure_gemm(2048)]  # The peak on CPU (and on GPUs without a data sheet).
-  peak_note, peak = hardware.peak_of({}, backend, str(jax.devices()[0].device_kind), gemms)
+  common.check_names(_EXECUTIONS.value, population.EXECUTIONS, "executions")
+  peak_note, peak = hardware.device_peak()
   peak /= 1e9
-  print(f"peak: {peak:,.0f} GFLOP/s ({peak_note})", flush=True)
   rows = []
   for name in _CONFIGS.value:
     rows += _rows(name, sizes, _EXECUTIONS.value, peak)
-  print(cli.format_table(rows, _COLUMNS))
-  results = {
-    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    "backend": backend,
-    "device": str(jax.devices()[0].device_kind),
-    "jax": jax.__version__,
-    "machine": platform.processor() or platform.machine(),
-    "cpu_count": os.cpu_count(),
-    "peak_gflop_per_s": peak,
-    "peak_note": peak_note,
-    "rows": rows,
-  }
-  if _OUTPUT.value:
-    cli.write_json(_OUTPUT.value, results)
-  return results
+  print(common.format_table(rows, _COLUMNS))
+  return common.finish(
+    "experiments.bench.population",
+    _OUTPUT.value,
+    peak_gflop_per_s=peak,
+    peak_note=peak_note,
+    rows=rows,
+  )
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.quiet_library_logs()
+  common.start(argv)
   cli.run_user_errors_as_exit(run)
 
 

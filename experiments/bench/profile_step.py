@@ -30,7 +30,7 @@ import jax
 from absl import app, flags
 
 from experiments import cli
-from experiments.bench import hardware, profiling, train_steps
+from experiments.bench import common, hardware, profiling, train_steps
 from gen_models.errors import UserError
 
 _CONFIG = flags.DEFINE_enum("config", "toy", list(train_steps.CONFIGS), "The step to profile.")
@@ -102,8 +102,7 @@ def profile(output: str) -> dict:
     raise UserError("the trace holds no event of the step's ops (no hlo_op stats)")
   summary = profiling.summarize(ops, events, _STEPS.value, traced_s, _TOP.value)
   return {
-    **hardware.run_info(),
-    "loadavg": list(os.getloadavg()),
+    **common.header("experiments.bench.profile_step"),
     **spec,
     "batch": config.batch_size,
     "n_critic": n_critic,
@@ -116,9 +115,7 @@ def profile(output: str) -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.quiet_library_logs()
+  common.start(argv)
 
   def run() -> dict:
     if not _OUTPUT.value:
@@ -139,8 +136,8 @@ def main(argv):
     f"ms ({100 * result['busy_fraction']:.0f} % of the wall time); "
     f"{flops / 1e9 if flops else float('nan'):.1f} GFLOP a step (XLA's cost analysis)"
   )
-  print(cli.format_table(result["categories"], CATEGORY_COLUMNS))
-  print(cli.format_table(result["kinds"], KIND_COLUMNS))
+  print(common.format_table(result["categories"], CATEGORY_COLUMNS))
+  print(common.format_table(result["kinds"], KIND_COLUMNS))
   path = os.path.join(_OUTPUT.value, "profile.json")
   cli.run_user_errors_as_exit(lambda: cli.write_json(path, result))
   print(f"wrote {path} and {os.path.join(_OUTPUT.value, 'step.hlo.txt')}")

@@ -75,8 +75,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -85,8 +83,9 @@ import numpy as np
 from absl import app, flags
 
 from experiments import cli
-from experiments.bench import hardware, train_steps
+from experiments.bench import common, hardware, train_steps
 from gen_models.errors import UserError
+from gen_models.nn.conv import IMPLS as CONV_IMPLS
 
 # Configs without a PyTorch eager peer (bench/torch_peers.py has RealNVP on points only):
 # their rows have no ratio.
@@ -96,7 +95,6 @@ NO_TORCH_PEER = ("realnvp_cifar10", "realnvp_cifar10_bf16")
 STRIDE_ONE = ("realnvp_cifar10", "realnvp_cifar10_bf16")
 # Configs with one Adam step per train step (no critic loop).
 NO_CRITIC_LOOP = ("vae", "flow", "realnvp_cifar10", "realnvp_cifar10_bf16")
-CONV_IMPLS = ("auto", "xla", "space_to_depth", "subpixel", "phases", "gemm")
 LOOPS = ("scan", "unrolled")
 # (net, kind, kernel size, stride, spatial size of the input, C_in, C_out): every stride-2 conv
 # of the DCGAN nets (WGAN-GP cifar10) and the β-VAE conv nets (dSprites), and stride-1 convs of
@@ -124,7 +122,7 @@ LAYERS = (
 LAYER_BATCH = 64
 
 _CONFIGS = flags.DEFINE_list(
-  "configs", ["toy", "cifar10", "vae"], f"Any of {', '.join(train_steps.CONFIGS)}."
+  "configs", ["toy", "cifar10", "vae"], f"Any of {', '.join(common.CONFIGS)}."
 )
 _STEPS = flags.DEFINE_integer(
   "steps", None, "Timed steps (default: toy 200; cifar10 20, 3 on CPU)."
@@ -183,34 +181,34 @@ STEP_COLUMNS = (
   ("devices", str),
   ("batch", str),
   ("n_critic", str),
-  ("compile_s", lambda v: f"{v:.2f}"),
+  ("compile_s", common.fixed(2)),
   ("gen_steps_per_s", _rate),
   ("examples_per_s", _rate),
-  ("ratio", lambda v: f"{v:.2f}"),
+  ("ratio", common.fixed(2)),
   ("ratio_range", lambda v: f"{v[0]:.2f}–{v[1]:.2f}"),
   ("flops_per_step", hardware.si),
   ("flops_per_s", hardware.si),
-  ("percent_of_peak", lambda v: f"{v:.1f}"),
-  ("loadavg_1m", lambda v: f"{v:.1f}"),
+  ("percent_of_peak", common.fixed(1)),
+  common.LOAD_COLUMN,
 )
 SWEEP_COLUMNS = (
   ("config", str),
   ("devices", str),
   ("fake", str),
   ("batch", str),
-  ("compile_s", lambda v: f"{v:.2f}"),
+  ("compile_s", common.fixed(2)),
   ("examples_per_s", _rate),
-  ("speedup", lambda v: f"{v:.2f}"),
-  ("efficiency", lambda v: f"{v:.2f}"),
-  ("loadavg_1m", lambda v: f"{v:.1f}"),
+  ("speedup", common.fixed(2)),
+  ("efficiency", common.fixed(2)),
+  common.LOAD_COLUMN,
 )
 LAYER_COLUMNS = (
   ("layer", str),
   ("framework", str),
   ("conv_impl", str),
-  ("ms", lambda v: f"{v:.1f}"),
-  ("ratio", lambda v: f"{v:.2f}"),
-  ("loadavg_1m", lambda v: f"{v:.1f}"),
+  ("ms", common.fixed(1)),
+  ("ratio", common.fixed(2)),
+  common.LOAD_COLUMN,
 )
 
 
@@ -251,7 +249,7 @@ def _model_flops(name: str, spec: dict) -> dict:
   from gen_models import models
 
   config = train_steps.config_for(name, {**spec, "conv_impl": "xla", "critic_loop": "unrolled"})
-  shape = train_steps.CONFIGS[name][1]
+  shape = common.CONFIGS[name][1]
   family = models.make_family(config, shape)
   state = jax.eval_shape(family.init, jax.random.key(config.seed))
   batch = jax.ShapeDtypeStruct((family.batches_per_step, config.batch_size, *shape), np.float32)
@@ -283,7 +281,7 @@ def _torch_step(spec: dict) -> dict:
   from experiments.bench import torch_peers
 
   sync = _torch_setup(spec)
-  name, shape = spec["config"], train_steps.CONFIGS[spec["config"]][1]
+  name, shape = spec["config"], common.CONFIGS[spec["config"]][1]
   config = train_steps.config_for(name, spec)
   torch_shape = shape if len(shape) == 1 else (shape[2], shape[0], shape[1])
   if config.model == "vae":
@@ -416,9 +414,7 @@ WORKERS = {
 
 def run_worker() -> None:
   spec = json.loads(_WORKER.value)
-  result = WORKERS[spec["worker"]](spec)
-  with open(_RESULT.value, "w") as f:
-    json.dump(result, f)
+  common.write_worker_result(_RESULT.value, WORKERS[spec["worker"]](spec))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,48 +422,35 @@ def run_worker() -> None:
 
 
 def _spawn(spec: dict, tmp: str, env: dict | None = None) -> dict:
-  """Runs one worker in a fresh ``python -m experiments.bench.train`` (``env`` added to the
-  environment); returns its JSON."""
-  path = os.path.join(tmp, "result.json")
-  if os.path.exists(path):
-    os.remove(path)
-  argv = [sys.executable, "-m", "experiments.bench.train", f"--_worker={json.dumps(spec)}"]
-  argv += [f"--_result={path}"]
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  """Runs one worker in a fresh ``python -m experiments.bench.train`` (``common.spawn``)."""
   label = " ".join(f"{k}={v}" for k, v in spec.items() if k not in ("steps", "warmup", "repeats"))
-  print(f"  {label} ...", end="", flush=True)
-  load = os.getloadavg()[0]  # Other processes on the cores make wall times longer.
-  t0 = time.perf_counter()
-  proc = subprocess.run(argv, cwd=root, env={**os.environ, **(env or {})}, check=False)
-  if proc.returncode != 0:
-    print(flush=True)
-    raise UserError(f"benchmark worker {label} exited with code {proc.returncode}")
-  with open(path) as f:
-    result = json.load(f)
-  result["loadavg_1m"] = max(load, os.getloadavg()[0])
-  print(f" {time.perf_counter() - t0:.0f} s", flush=True)
-  return result
+  return common.spawn("experiments.bench.train", [f"--_worker={json.dumps(spec)}"], label, tmp, env)
+
+
+def _steps_warmup(name: str) -> tuple[int, int]:
+  """Timed and warm-up steps of config ``name``: the flags, else its defaults on this backend."""
+  defaults = common.CONFIGS[name][2]
+  steps, warmup = defaults.get(jax.default_backend(), defaults["default"])
+  return (
+    _STEPS.value if _STEPS.value is not None else steps,
+    _WARMUP.value if _WARMUP.value is not None else warmup,
+  )
 
 
 def _step_rows(name: str, tmp: str) -> list[dict]:
-  defaults = train_steps.CONFIGS[name][2]
-  steps, warmup = defaults.get(jax.default_backend(), defaults["default"])
-  steps = _STEPS.value if _STEPS.value is not None else steps
-  warmup = _WARMUP.value if _WARMUP.value is not None else warmup
-  common = {"config": name, "steps": steps, "warmup": warmup, "batch_size": _BATCH_SIZE.value}
+  steps, warmup = _steps_warmup(name)
+  shared = {"config": name, "steps": steps, "warmup": warmup, "batch_size": _BATCH_SIZE.value}
   impls = (
-    _CONV_IMPLS.value
-    if len(train_steps.CONFIGS[name][1]) == 3 and name not in STRIDE_ONE
-    else ["-"]
+    _CONV_IMPLS.value if len(common.CONFIGS[name][1]) == 3 and name not in STRIDE_ONE else ["-"]
   )
   loops = _LOOPS.value if name not in NO_CRITIC_LOOP else ["-"]
   specs = []
   if _TORCH.value and name not in NO_TORCH_PEER:
-    specs.append({"worker": "torch_step", **common, **_torch_spec()})
+    specs.append({"worker": "torch_step", **shared, **_torch_spec()})
   for impl in impls:
     for loop in loops:
       impl_key = None if impl == "-" else impl
-      specs.append({"worker": "jax_step", **common, "conv_impl": impl_key, "critic_loop": loop})
+      specs.append({"worker": "jax_step", **shared, "conv_impl": impl_key, "critic_loop": loop})
   rounds = [[] for _ in specs]  # Per spec, each round's result: round-robin over the specs.
   for r in range(_ROUNDS.value):
     for spec, results in zip(specs, rounds, strict=True):
@@ -546,10 +529,7 @@ def _sweep_counts() -> list[tuple[int, bool]]:
 
 def _sweep_rows(name: str, tmp: str) -> list[dict]:
   """The JAX step of ``name`` on each device count; speedup and efficiency vs the first row."""
-  defaults = train_steps.CONFIGS[name][2]
-  steps, warmup = defaults.get(jax.default_backend(), defaults["default"])
-  steps = _STEPS.value if _STEPS.value is not None else steps
-  warmup = _WARMUP.value if _WARMUP.value is not None else warmup
+  steps, warmup = _steps_warmup(name)
   rows = []
   for n, fake in _sweep_counts():
     spec = {"worker": "jax_step", "config": name, "steps": steps, "warmup": warmup}
@@ -579,7 +559,7 @@ def _layer_rows(tmp: str) -> list[dict]:
   if _TORCH.value:
     spec = {"worker": "torch_layers", "repeats": repeats, **_torch_spec()}
     runs.append(("torch", "-", _spawn(spec, tmp)))
-  for impl in ("xla", "space_to_depth", "subpixel", "phases", "gemm", "auto"):
+  for impl in (*(i for i in CONV_IMPLS if i != "auto"), "auto"):  # auto last.
     spec = {"worker": "jax_layers", "conv_impl": impl, "repeats": repeats}
     runs.append(("jax", impl, _spawn(spec, tmp)))
   rows = []
@@ -602,20 +582,11 @@ def _layer_rows(tmp: str) -> list[dict]:
 
 
 def run() -> dict:
-  unknown = [n for n in _CONFIGS.value if n not in train_steps.CONFIGS]
-  if unknown or not _CONFIGS.value:
-    raise UserError(
-      f"--configs must name some of {', '.join(train_steps.CONFIGS)}; got {_CONFIGS.value}"
-    )
+  common.check_names(_CONFIGS.value, common.CONFIGS, "configs")
   if (_STEPS.value is not None and _STEPS.value < 1) or (_WARMUP.value or 0) < 0:
     raise UserError("--steps must be >= 1 and --warmup >= 0")
-  bad_impls = [i for i in _CONV_IMPLS.value if i not in CONV_IMPLS]
-  bad_loops = [loop for loop in _LOOPS.value if loop not in LOOPS]
-  if bad_impls or bad_loops or not _CONV_IMPLS.value or not _LOOPS.value:
-    raise UserError(
-      f"--conv_impls must name some of {', '.join(CONV_IMPLS)} and --critic_loops some of "
-      f"{', '.join(LOOPS)}; got {_CONV_IMPLS.value} and {_LOOPS.value}"
-    )
+  common.check_names(_CONV_IMPLS.value, CONV_IMPLS, "conv_impls")
+  common.check_names(_LOOPS.value, LOOPS, "critic_loops")
   if _TORCH.value:
     try:
       import torch  # noqa: F401
@@ -628,7 +599,7 @@ def run() -> dict:
     gemms.append(_measure_peak(tmp))
     sweep = [row for name in _CONFIGS.value for row in _sweep_rows(name, tmp)]
     layers = _layer_rows(tmp) if _LAYERS.value else []
-  info = hardware.run_info()
+  info = common.header("experiments.bench.train")
   hardware.add_flop_rates(rows, info["backend"], info["device_kind"], gemms)
   return {
     **info,
@@ -659,11 +630,9 @@ def run() -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.quiet_library_logs()
+  common.start(argv)
   if _WORKER.value:
-    run_worker()  # A failure is a traceback; the parent reports the exit code.
+    cli.run_user_errors_as_exit(run_worker)  # The parent reports the error's line.
     return
   results = cli.run_user_errors_as_exit(run)
   print(
@@ -676,13 +645,12 @@ def main(argv):
     f"float32 GEMM (before, after the steps): {gemms} FLOP/s; load average (1, 5, 15 min) "
     f"before {' '.join(load[:3])}, after {' '.join(load[3:])}"
   )
-  print(cli.format_table(results["rows"], STEP_COLUMNS))
+  print(common.format_table(results["rows"], STEP_COLUMNS))
   if results["device_sweep"]:
-    print(cli.format_table(results["device_sweep"], SWEEP_COLUMNS))
+    print(common.format_table(results["device_sweep"], SWEEP_COLUMNS))
   if results["layers"]:
-    print(cli.format_table(results["layers"], LAYER_COLUMNS))
-  cli.run_user_errors_as_exit(lambda: cli.write_json(_OUTPUT.value, results))
-  print(f"wrote {_OUTPUT.value}")
+    print(common.format_table(results["layers"], LAYER_COLUMNS))
+  cli.run_user_errors_as_exit(lambda: common.write_results(_OUTPUT.value, results))
 
 
 if __name__ == "__main__":

@@ -9,36 +9,19 @@ import time
 import jax
 import numpy as np
 
-# name -> (config module, example shape, (timed steps, warm-up steps) by backend). One cifar10
-# step (dim 64, batch 64, n_critic 5) takes seconds on a 2-core CPU, so CPU defaults are small.
-CONFIGS = {
-  "toy": ("wgan_gp_toy", (2,), {"default": (200, 10)}),
-  "cifar10": ("wgan_gp_cifar10", (32, 32, 3), {"default": (20, 2), "cpu": (3, 1)}),
-  "vae": ("beta_vae_dsprites", (64, 64, 1), {"default": (50, 5), "cpu": (20, 3)}),
-  "resnet": ("wgan_gp_cifar10_resnet", (32, 32, 3), {"default": (20, 2), "cpu": (2, 1)}),
-  "resnet_bf16": (
-    "wgan_gp_cifar10_resnet:bfloat16",
-    (32, 32, 3),
-    {"default": (20, 2), "cpu": (2, 1)},
-  ),
-  "flow": ("realnvp_toy", (2,), {"default": (200, 10)}),
-  "realnvp_cifar10": ("realnvp_cifar10", (32, 32, 3), {"default": (20, 2), "cpu": (2, 1)}),
-  "realnvp_cifar10_bf16": (
-    "realnvp_cifar10:bfloat16",
-    (32, 32, 3),
-    {"default": (20, 2), "cpu": (2, 1)},
-  ),
-}
+from experiments.bench import common
+
+CONFIGS = common.CONFIGS  # The benchmarks' one table of config names (bench/common.py).
 POOL = 4  # Distinct device-resident batches cycled through by the timed loop.
 
 
 def config_for(name: str, spec: dict):
-  import importlib
-
+  """The validated config of :data:`CONFIGS` ``name`` with ``spec``'s ``critic_loop``
+  (``"scan"``, ``"unrolled"`` or None: the config's own), ``conv_impl`` (None: ``auto``) and
+  ``batch_size`` (None: the config's)."""
   from gen_models import config as config_lib
 
-  module, _, arg = CONFIGS[name][0].partition(":")  # "config_file:arg"
-  config = importlib.import_module(f"experiments.configs.{module}").get_config(arg or None)
+  config = common.load_config(CONFIGS[name][0])
   if "gan" in config and spec.get("critic_loop") is not None:  # None: the config's own loop.
     config.gan.unroll_critic = spec.get("critic_loop") == "unrolled"
   config.conv_impl = spec.get("conv_impl") or "auto"

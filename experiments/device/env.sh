@@ -1,4 +1,4 @@
-# Sourced by the device scripts (device_study.sh, device_speed.sh) on a lent GPU machine, with
+# Sourced by the device scripts (study.sh, speed.sh) on a lent GPU machine, with
 # OUT set: everything after it also goes to OUT/<the script's name>.log, which starts with the
 # date and the GPU (nvidia-smi); PYTHON is the interpreter with jax (the image's `python3`); the
 # wheels that experiments/device/wheels.sh fetched into .whl/ (if the call carried them) are
@@ -15,7 +15,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
-"$PYTHON" - <<'PYEOF' || echo "device_env: an import failed (above); runs needing it will fail"
+"$PYTHON" - <<'PYEOF' || echo "env.sh: an import failed (above); runs needing it will fail"
 import importlib
 import jax
 print("jax", jax.__version__, jax.devices())

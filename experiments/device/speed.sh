@@ -39,9 +39,9 @@ done
 
 echo "== RealNVP CIFAR-10 rows (no PyTorch peer)"
 timeout 180 "$PYTHON" -m experiments.bench.train "${ROWS[@]}" --nolayers --device_sweep= \
-  --output="$OUT/bench_realnvp.json" || echo "bench_train realnvp: exit $?"
+  --output="$OUT/bench_realnvp.json" || echo "bench.train realnvp: exit $?"
 
 echo "== conv_impl on the GPU: β-VAE and DCGAN steps, and their layers"
 timeout 180 "$PYTHON" -m experiments.bench.train "${CONVS[@]}" --critic_loops=unrolled \
-  --device_sweep= --output="$OUT/bench_conv_impls.json" || echo "bench_train conv_impls: exit $?"
+  --device_sweep= --output="$OUT/bench_conv_impls.json" || echo "bench.train conv_impls: exit $?"
 date -u

@@ -2,7 +2,7 @@
 # One prepared script for a lent accelerator (≈ 10 minutes), the most valuable runs first:
 #   1. the population benchmark of the β-VAE (members/s at N = 1, 6, 18, 36);
 #   2. the disentanglement study: the β grid × SEEDS sized to TRAIN_MINUTES
-#      (experiments/study_dsprites.sh: measure, train, metrics of every member, report);
+#      (python -m experiments.study_dsprites: measure, train, metrics of every member, report);
 #   3. the metrics benchmark of a 36-member population (where the time goes on this machine).
 # Everything it writes goes under OUT (for the device tool: $OUT), with the logs.
 #
@@ -19,27 +19,27 @@ if [ "${SMOKE:-0}" = 1 ]; then
   BENCH=(--configs=vae --population=1,2 --executions=vmap --steps=2)
   CONFIG=experiments/configs/beta_vae_dsprites.py:smoke
   SWEEP=vae.beta=1,4 SEEDS=1
-  STUDY_ENV=(MEASURE=4 EVAL="--num_train=40 --num_eval=20")
+  STUDY=(--measure=4 --eval_flags="--num_train=40 --num_eval=20")
   METRICS=(--config=beta_vae_dsprites:smoke --members=2 --num_train=40 --num_eval=20)
 else
   BENCH=(--configs=vae --population=1,6,18,36 --executions=vmap)
   CONFIG=experiments/configs/beta_vae_dsprites.py
   SWEEP=vae.beta=1,2,4,6,8,16
-  STUDY_ENV=(MEASURE=300)
+  STUDY=(--measure=300)
   METRICS=(--members=36)
 fi
 
 echo "== 1/3 population benchmark"
 timeout 180 "$PYTHON" -m experiments.bench.population "${BENCH[@]}" \
-  --output="$OUT/bench_population_vae.json" || echo "bench_population: exit $?"
+  --output="$OUT/bench_population_vae.json" || echo "bench.population: exit $?"
 
 echo "== 2/3 the study ($SWEEP × $SEEDS seeds, $MINUTES min of training)"
-env CONFIG="$CONFIG" SWEEP="$SWEEP" SEEDS="$SEEDS" "${STUDY_ENV[@]}" \
-  timeout $(((${MINUTES%.*} + 5) * 60)) bash experiments/study_dsprites.sh "$OUT/study" "$MINUTES" \
+timeout $(((${MINUTES%.*} + 5) * 60)) "$PYTHON" -m experiments.study_dsprites --out="$OUT/study" \
+  --minutes="$MINUTES" --config="$CONFIG" --sweep="$SWEEP" --seeds="$SEEDS" "${STUDY[@]}" \
   || echo "study: exit $?"
 rm -rf "$OUT/study/measure/checkpoints" "$OUT/study/run/checkpoints"  # Too large to bring back.
 
 echo "== 3/3 metrics benchmark"
 timeout 240 "$PYTHON" -m experiments.bench.disentanglement "${METRICS[@]}" \
-  --output="$OUT/bench_disentanglement.json" || echo "bench_disentanglement: exit $?"
+  --output="$OUT/bench_disentanglement.json" || echo "bench.disentanglement: exit $?"
 date -u
