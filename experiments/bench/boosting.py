@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import platform
 import time
 
 import numpy as np
@@ -28,6 +27,7 @@ import sklearn
 from absl import app, flags
 
 from experiments import cli
+from experiments.bench import common
 from gen_models.errors import UserError
 from gen_models.metrics import boosting
 
@@ -91,35 +91,29 @@ def measure(n: int, d: int, classes: int, stages: int, sklearn_stages: int, seed
 
 
 def run() -> dict:
-  today = datetime.datetime.now(datetime.timezone.utc)
   output = _OUTPUT.value
   if output is None:
-    output = f"experiments/results/bench_boosting_cpu_{today.date().isoformat()}.json"
+    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    output = f"experiments/results/bench_boosting_cpu_{today}.json"
   sklearn_stages = _SKLEARN_STAGES.value or _STAGES.value
   load_before = os.getloadavg()[0]
   sizes = (_N.value, _D.value, _CLASSES.value, _STAGES.value, sklearn_stages, _SEED.value)
   rows = measure(*sizes)
-  print(cli.format_table(rows, _COLUMNS))
-  results = {
-    "date": today.isoformat(timespec="seconds"),
-    "machine": platform.processor() or platform.machine(),
-    "cpu_count": os.cpu_count(),
-    "numpy": np.__version__,
-    "sklearn": sklearn.__version__,
-    "sizes": dict(zip(_SIZE_NAMES, sizes, strict=True)),
-    "load_before": load_before,
-    "load_after": os.getloadavg()[0],
-    "rows": rows,
-  }
-  if output:
-    cli.write_json(output, results)
-    print(f"wrote {output}")
-  return results
+  print(common.format_table(rows, _COLUMNS))
+  return common.finish(
+    "experiments.bench.boosting",
+    output or None,
+    numpy=np.__version__,
+    sklearn=sklearn.__version__,
+    sizes=dict(zip(_SIZE_NAMES, sizes, strict=True)),
+    load_before=load_before,
+    load_after=os.getloadavg()[0],
+    rows=rows,
+  )
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  common.start(argv)
   cli.run_user_errors_as_exit(run)
 
 
