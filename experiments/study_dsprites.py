@@ -34,6 +34,7 @@ import sys
 from absl import app, flags
 
 from experiments import cli
+from gen_models import workdir
 from gen_models.errors import EXIT_STOPPED, UserError
 
 _OUT = flags.DEFINE_string("out", None, "Directory for the study (measure/, run/, report/).")
@@ -124,7 +125,7 @@ def run() -> dict:
   argv = [*train, f"--workdir={measure}", f"--config.num_train_steps={_MEASURE.value}"]
   argv += [f"--config.log_every_steps={(_MEASURE.value + 2) // 3}", *every, *train_flags]
   _check(argv, "the measuring run")
-  with open(os.path.join(measure, "metrics.jsonl")) as f:
+  with open(workdir.metrics_path(measure)) as f:
     rows = [json.loads(line) for line in f if line.strip()]
   result = plan(rows, _MINUTES.value, target)
   cli.write_json(os.path.join(out, "plan.json"), result)
