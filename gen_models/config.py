@@ -13,6 +13,7 @@ from typing import Any
 
 import ml_collections
 
+from gen_models import models
 from gen_models.errors import UserError
 
 # Keys that may change when a run is resumed; any other change to a workdir's config is an error.
@@ -118,8 +119,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   Raises:
     UserError: unknown model, unknown key (with the closest known key), or wrong value type.
   """
-  from gen_models import models  # Late import: models import this module.
-
   if "model" not in config:
     raise UserError("config has no 'model' key; known models: " + ", ".join(models.FAMILIES))
   defaults = models.module(config.model).default_config()

@@ -37,6 +37,7 @@ from gen_models.logs import MetricWriter, Progress, format_duration, info, warni
 from gen_models.metrics import evaluate as evaluate_lib
 from gen_models.metrics import extractors
 from gen_models.pictures import image_grid, toy_plot
+from gen_models.plan import Plan
 from gen_models.preemption import StopRequests
 from gen_models.runs import load_run, read_config, restore_or_init  # noqa: F401 (load_run: API)
 from gen_models.sampling import sample_chunks
@@ -305,7 +306,7 @@ def train(
   workdir = prepare_workdir(workdir, config)  # Only once the config is known to be usable.
   lock = lock_workdir(workdir)
   try:
-    plan = population_lib.Plan(config, family, dataset, mesh, members)
+    plan = Plan(config, family, dataset, mesh, members)
     ckpt = Checkpointer(
       os.path.join(workdir, "checkpoints"),
       max_to_keep=config.max_checkpoints_to_keep,
