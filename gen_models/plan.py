@@ -40,7 +40,7 @@ class Plan:
   Attributes:
     members: the members (one for a single run).
     population: whether states and metrics carry a member axis.
-    init: ``base_key -> TrainState`` (pure; the trainer jits it sharded).
+    init: ``base_key -> TrainState`` (pure; :meth:`restore_or_init` jits it sharded).
     step: the jitted ``(state, data) -> (state, metrics)``, old state donated; ``data`` as
       :meth:`put` returns it.
     iterator: yields each step's host data; has ``get_state`` / ``set_state``.

@@ -116,6 +116,31 @@ def test_no_import_cycle():
   assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
+def test_imports_in_functions_and_relative_imports_are_read(tmp_path):
+  files = {
+    "pkg/__init__.py": "from .a import f\n",
+    "pkg/a.py": "import os\n\ndef f():\n  from . import b\n  from .sub.c import g\n",
+    "pkg/b.py": "from pkg.sub import c as c_lib\nfrom pkg.a import f\n",
+    "pkg/sub/__init__.py": "",
+    "pkg/sub/c.py": "from .. import b\nfrom ..sub import d\nimport pkg.a.f\n",
+  }
+  modules = {}
+  for name, text in files.items():
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_text(text)
+    dotted = name.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+    modules[dotted] = tmp_path / name
+  graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+  assert graph == {
+    "pkg": {"pkg.a"},
+    "pkg.a": {"pkg.b", "pkg.sub.c"},
+    "pkg.b": {"pkg.sub.c", "pkg.a"},
+    "pkg.sub": set(),
+    "pkg.sub.c": {"pkg.b", "pkg.sub", "pkg.a"},
+  }
+  assert find_cycles(graph) == [["pkg.a", "pkg.b", "pkg.a"]]
+
+
 def test_a_cycle_is_found_and_printed():
   graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e"}}
   assert find_cycles(graph) == [["a", "b", "c", "a"]]

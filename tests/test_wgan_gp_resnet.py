@@ -27,6 +27,7 @@ from experiments.configs import wgan_gp_cifar10_resnet
 from gen_models import config as config_lib
 from gen_models import devices as dev
 from gen_models import models, plan, trainer
+from gen_models import outputs as outputs_lib
 from gen_models.errors import UserError
 from gen_models.models import wgan_gp
 from gen_models.nn import (
@@ -594,7 +595,7 @@ def test_final_evaluation_uses_final_num_samples(final_num, want):
     seen.append(len(x))
     return x, None
 
-  outputs = trainer._Outputs(config, family, _Points(), None, jax.random.key(0), extract)
+  outputs = outputs_lib.Outputs(config, family, _Points(), None, jax.random.key(0), extract)
   periodic = outputs.evaluate(2, None)
   final = outputs.evaluate(6, None, final=True)
   assert seen == want
