@@ -97,9 +97,11 @@ def test_an_error_closes_in_the_same_order_and_tells_the_peers(tmp_path, monkeyp
     pass
 
 
-def test_a_population_result_is_read_by_member():
-  result = trainer.Result([{"loss": 1.0}, {"loss": 2.0}], population=True)
-  assert [m["loss"] for m in result.members] == [1.0, 2.0]
+def test_a_population_returns_each_members_metrics_in_member_order(tmp_path, monkeypatch):
+  _recorded(monkeypatch, lambda: {1: {"loss": 2.0}, 0: {"loss": 1.0}})
+  config = toy_config(**{"population.seeds": 2})
+  result = trainer.train(config, str(tmp_path / "pop"), devices=jax.devices()[:1])
+  assert result.members == [{"loss": 1.0}, {"loss": 2.0}]
   with pytest.raises(TypeError, match=r"population of 2 members: read \.members\[i\]"):
     result["loss"]
   one = trainer.Result([{"loss": 1.0}], population=False)
