@@ -118,7 +118,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   Raises:
     UserError: unknown model, unknown key (with the closest known key), or wrong value type.
   """
-  from gen_models import models  # Late import: models import this module.
+  # Here, not at the top: models import JAX, and config must stay light for workdir and report.
+  from gen_models import models
 
   if "model" not in config:
     raise UserError("config has no 'model' key; known models: " + ", ".join(models.FAMILIES))

@@ -10,7 +10,7 @@ from conftest import assert_one_line_error, run_cli
 
 from experiments.configs import wgan_gp_toy
 from gen_models import config as config_lib
-from gen_models import data, trainer
+from gen_models import data, outputs, trainer
 from gen_models.errors import UserError
 from gen_models.metrics import evaluate, extractors, fid, kid, prdc
 from gen_models.metrics import inception_score as is_lib
@@ -154,7 +154,7 @@ def test_trainer_logs_the_same_metrics_as_evaluate_compute(tmp_path):
   # Recompute from the checkpoint with the documented sample key: same numbers.
   cfg, family, state = trainer.load_run(workdir, devices)
   n = cfg.eval.num_samples
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), trainer.SAMPLE_STREAM), 1)
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), outputs.SAMPLE_STREAM), 1)
   fake = sample_chunks(
     jax.jit(family.sample, static_argnums=2), state, key, n, min(n, cfg.batch_size)
   )

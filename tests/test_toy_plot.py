@@ -10,7 +10,8 @@ import pytest
 
 from experiments.configs import wgan_gp_toy
 from gen_models import data as data_lib
-from gen_models import pictures, trainer
+from gen_models import outputs as outputs_lib
+from gen_models import pictures
 from gen_models.models import wgan_gp
 
 
@@ -82,10 +83,10 @@ def test_trainer_title_ratio_equals_the_evaluated_w1_ratio(toy, monkeypatch):
     drawn.append((title, critic(np.zeros((3, 2), np.float32))))
     return real_plot(real, fake, title=title, critic=critic, **kwargs)
 
-  monkeypatch.setattr(trainer, "toy_plot", spy)
+  monkeypatch.setattr(outputs_lib, "toy_plot", spy)
   config, dataset, family, state = toy
   writer = _Writer()
-  outputs = trainer._Outputs(config, family, dataset, writer, jax.random.key(0), None)
+  outputs = outputs_lib.Outputs(config, family, dataset, writer, jax.random.key(0), None)
   outputs.write_samples(6, state)
   ((title, values),) = drawn
   assert values.shape == (3,)

@@ -26,7 +26,8 @@ from test_wgan_gp_math import _input_dilated_convolutions
 from experiments.configs import wgan_gp_cifar10_resnet
 from gen_models import config as config_lib
 from gen_models import devices as dev
-from gen_models import models, population, trainer
+from gen_models import models, plan, trainer
+from gen_models import outputs as outputs_lib
 from gen_models.errors import UserError
 from gen_models.models import wgan_gp
 from gen_models.nn import (
@@ -351,7 +352,7 @@ def f32_step():
   replicated = dev.replicated(mesh)
   init = jax.jit(family.init, out_shardings=replicated, compiler_options=FAST_COMPILE)
   step = jax.jit(
-    population._checked_step(family.train_step),
+    plan._checked_step(family.train_step),
     in_shardings=(replicated, dev.batch_sharding(mesh, batch_axis=1)),
     out_shardings=(replicated, replicated),
     donate_argnums=0,
@@ -594,7 +595,7 @@ def test_final_evaluation_uses_final_num_samples(final_num, want):
     seen.append(len(x))
     return x, None
 
-  outputs = trainer._Outputs(config, family, _Points(), None, jax.random.key(0), extract)
+  outputs = outputs_lib.Outputs(config, family, _Points(), None, jax.random.key(0), extract)
   periodic = outputs.evaluate(2, None)
   final = outputs.evaluate(6, None, final=True)
   assert seen == want
