@@ -60,13 +60,23 @@ draw in evaluation), then mapped with the logit transform of the authors' code::
 code's). ``l`` goes through the flow, so
 ``log p(u) = log N(f(l)) + log|det ∂f/∂l| + log|det ∂l/∂u|`` is the density of ``u`` on
 ``[0, 1)^D``, and the density of the dequantised pixels on ``[0, 256)^D`` is ``p(u) / 256^D``.
-Loss and logs of image flows are in **bits per dimension**::
+The loss of every flow is the reference code's (tensorflow/models ``research/real_nvp``, ``cost +
+l2_coeff · l2_reg``): the mean negative log-likelihood in **nats per example** plus the L2 term::
+
+    loss = −E_b log p(x_b) + l2 · Σ w²
+
+For images ``−log p(x_b)`` is the pixels' ``−log p(u) + D ln 256`` (the reference's ``cost``
+without the constant ``D ln 256``: the same gradient); ``Σ w²`` runs over the weights (kernels)
+of the s/t nets, or over the scales (``flow.l2_params``; the reference's ``magnitude`` and
+``rescaling_scale``, ``l2`` 5e-5). In these units ``l2`` and a gradient clipping norm
+(``optimizer.clip_global_norm``, the reference's 100) mean what they mean in the reference.
+Image flows *report* bits per dimension besides (the paper's unit)::
 
     bits/dim = (−log p(u) + D ln 256) / (D ln 2)
 
-plus ``l2 · Σ w²`` over the weights (kernels) of the s/t nets, or over the scales
-(``flow.l2_params``; the reference code's, 5e-5). Points use the mean
-negative log-likelihood in nats per example, ``−E_b log p(x_b)``, as their loss.
+``flow.objective = "bits_per_dim"`` instead minimises ``bits/dim + l2 · Σ w²``, the objective of
+runs before 2026-12-07: it weighs the L2 term ``D ln 2`` times (2,129 for CIFAR-10) more than
+the reference and scales the gradient, and so the clipping norm, down by as much.
 
 ``sample(z)`` runs the inverse on ``z ~ N(0, T² I)`` (temperature ``T``), in evaluation mode.
 
@@ -123,6 +133,7 @@ from gen_models.train_state import TrainState, apply_gradients
 
 NORMALIZATIONS = ("batchnorm", "actnorm", "none", "transformed_batchnorm")
 L2_PARAMS = ("kernels", "scales")
+OBJECTIVES = ("nats", "bits_per_dim")
 # flow.compute_dtype → the s/t nets' flax ``dtype``. None: the dtype of their inputs and
 # parameters, float32 in training (float64 in the float64 tests): exactly the nets without one.
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
@@ -152,7 +163,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.flow.mlp_width = 128
   c.flow.mlp_depth = 2
   c.flow.alpha = 0.05  # Logit transform (module docstring).
-  c.flow.l2 = 5e-5  # Weight decay, on flow.l2_params.
+  c.flow.l2 = 5e-5  # Weight decay, on flow.l2_params, in the loss's units (nats per example).
+  # One of OBJECTIVES: "nats" (the reference's, module docstring) or "bits_per_dim" (images only;
+  # the objective of runs before 2026-12-07, whose L2 weighs D ln 2 times more).
+  c.flow.objective = "nats"
   # The reference code's options (module docstring); off here, so that a workdir written before
   # they existed means what it meant. experiments/configs/realnvp_cifar10.py turns them on.
   c.flow.l2_params = "kernels"  # One of L2_PARAMS: the s/t kernels, or the scales (reference).
@@ -469,13 +483,16 @@ def train_step(
   l2_params: str = "kernels",
   clip_global_norm: float = 0.0,
   learning_rate: float = 1.0,
+  objective: str = "nats",
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One Adam update on the mean NLL (points, nats) or bits/dim (images), plus ``l2 · Σ w²``.
+  """One Adam update on the mean NLL in nats per example plus ``l2 · Σ w²`` (module docstring).
 
   Args:
     state: ``params["flow"]``; ``model_state["flow"]`` holds ``batch_stats`` (batch norm).
     batch: ``(1, B, *example_shape)`` float32.
     l2, l2_params: the weight decay and what it falls on (:func:`l2_penalty`).
+    objective: images only: ``"nats"`` (the reference's) or ``"bits_per_dim"`` (the NLL term
+      divided by ``D ln 2``; runs before 2026-12-07).
     clip_global_norm: > 0: the gradient is clipped to this global norm
       (:func:`clip_by_global_norm`) before Adam.
     learning_rate: Adam's (peak) step size (``state.tx`` has a unit one).
@@ -485,7 +502,8 @@ def train_step(
   Returns:
     The new state and scalar metrics ``loss``, ``nll`` (nats per example; for images of the
     pixels on ``[0, 256)^D``), ``log_det`` (batch mean of the flow's log|det|), for images
-    ``bits_per_dim``, and with clipping ``grad_norm`` (before clipping).
+    ``bits_per_dim`` and ``l2_penalty`` (``Σ w²``, unweighted), and with clipping ``grad_norm``
+    (before clipping).
   """
   x = batch[0]
   key = jax.random.fold_in(state.step_key(), 0)
@@ -498,13 +516,16 @@ def train_step(
     log_p, stats, per_layer = log_prob(
       {"params": params, **model_state}, x, key, flow=flow, prep=prep, train=True
     )
-    nll = pixel_nll(jnp.mean(log_p), num_dims) if prep.image else -jnp.mean(log_p)
-    objective = to_bits_per_dim(nll, num_dims) if prep.image else nll
-    loss = objective + l2 * l2_penalty(params, l2_params)
-    log_det = jnp.mean(sum(per_layer.values()))
-    return loss, (nll, log_det, stats)
+    if not prep.image:  # Points: nats per example (the 2-D flows' step, op for op as before).
+      nll = -jnp.mean(log_p)
+      loss = nll + l2 * l2_penalty(params, l2_params)
+      return loss, (nll, jnp.mean(sum(per_layer.values())), stats, None)
+    nll = pixel_nll(jnp.mean(log_p), num_dims)
+    term = to_bits_per_dim(nll, num_dims) if objective == "bits_per_dim" else nll
+    penalty = l2_penalty(params, l2_params)
+    return term + l2 * penalty, (nll, jnp.mean(sum(per_layer.values())), stats, penalty)
 
-  (loss, (nll, log_det, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+  (loss, (nll, log_det, stats, penalty)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
     state.params["flow"]
   )
   if clip_global_norm > 0:
@@ -522,6 +543,7 @@ def train_step(
   metrics = {"loss": loss, "nll": nll, "log_det": log_det}
   if prep.image:
     metrics["bits_per_dim"] = to_bits_per_dim(nll, num_dims)
+    metrics["l2_penalty"] = penalty
   if clip_global_norm > 0:
     metrics["grad_norm"] = grad_norm
   return new_state, metrics
@@ -664,6 +686,7 @@ def bind(config: ml_collections.ConfigDict, example_shape: tuple[int, ...]) -> B
   for key, value, known in (
     ("flow.st_input", f.st_input, ST_INPUTS),
     ("flow.l2_params", f.l2_params, L2_PARAMS),
+    ("flow.objective", f.objective, OBJECTIVES),
     ("flow.squeeze_layout", f.squeeze_layout, SQUEEZE_LAYOUTS),
     ("flow.compute_dtype", f.compute_dtype, tuple(COMPUTE_DTYPES)),
   ):
@@ -746,6 +769,7 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
       l2_params=f.l2_params,
       clip_global_norm=float(opt.clip_global_norm),
       learning_rate=float(opt.learning_rate),
+      objective=f.objective,
     ),
     sample=functools.partial(sample, flow=flow, prep=prep, temperature=float(f.temperature)),
     evaluate=functools.partial(
