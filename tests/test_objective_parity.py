@@ -465,3 +465,27 @@ def test_wgan_gp_resnet_acgan_step_follows_the_reference_objective():
   scale = float(_global_norm(gen_grad))
   close = dict(rtol=1e-4, atol=1e-5 * scale)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **close), got, gen_grad)
+
+
+def test_inception_input_is_quantised_as_the_wgan_gp_reference():
+  """gan_cifar_resnet.py's ``get_inception_score`` feeds ``((x + 1)·(255.99/2)).astype('int32')``:
+  the paper config quantises its samples that way (``eval.quantization = "wgan_gp"``); the
+  default rounds to nearest; an unknown value is a one-line error."""
+  from experiments.configs import wgan_gp_cifar10_resnet
+  from gen_models import config as config_lib
+  from gen_models.data.images import to_uint8
+  from gen_models.errors import UserError
+
+  c = wgan_gp_cifar10_resnet.get_config()
+  assert c.eval.quantization == "wgan_gp"
+  x = np.concatenate(
+    [[-1.0, 1.0, 0.0, -1.0 + 1 / 128, 1.0 - 1e-7], np.random.default_rng(0).uniform(-1, 1, 10_000)]
+  ).astype(np.float32)
+  want = ((x + 1.0) * (255.99 / 2)).astype("int32")
+  np.testing.assert_array_equal(to_uint8(x, (-1.0, 1.0), "wgan_gp"), want)
+  assert (to_uint8(x, (-1.0, 1.0)) != want).mean() > 0.2  # Rounding differs: 25 % here.
+  c.eval.quantization = "round"
+  with pytest.raises(
+    UserError, match="^unknown eval.quantization 'round'; known: nearest, wgan_gp$"
+  ):
+    config_lib.validate(c)
