@@ -15,6 +15,9 @@ import ml_collections
 
 from gen_models.errors import UserError
 
+# How generated images become uint8 pixels for the metrics (gen_models.data.images.to_uint8).
+QUANTIZATIONS = ("nearest", "wgan_gp")
+
 # Keys that may change when a run is resumed; any other change to a workdir's config is an error.
 RESUMABLE_KEYS = (
   "num_train_steps",
@@ -29,6 +32,7 @@ RESUMABLE_KEYS = (
   "eval.inception_weights",
   "eval.nearest_k",
   "eval.final_num_samples",
+  "eval.quantization",
   "dataset.data_dir",
   "conv_impl",  # Same function, only the round-off differs: a run may move between backends.
   "population.execution",  # How the members' steps run: the same numbers (round-off).
@@ -87,6 +91,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.nearest_k = 0  # k of precision/recall/density/coverage; 0 = the papers' 3 and 5.
   # Samples of the evaluation at the last step (e.g. the papers' 50,000); 0: eval.num_samples.
   c.eval.final_num_samples = 0
+  # How generated images become the metrics' uint8 pixels (gen_models.data.images.to_uint8):
+  # "nearest" (rounded), or "wgan_gp" (the WGAN-GP code's ⌊(x + 1)·255.99/2⌋, for its IS).
+  c.eval.quantization = "nearest"
   return c
 
 
@@ -137,6 +144,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       )
   for key, value in flat_user.items():
     set_path(defaults, key, value)
+  if defaults.eval.quantization not in QUANTIZATIONS:
+    raise UserError(
+      f"unknown eval.quantization {defaults.eval.quantization!r}; known: {', '.join(QUANTIZATIONS)}"
+    )
   return defaults
 
 

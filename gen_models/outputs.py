@@ -81,7 +81,7 @@ class Outputs:
 
   def _features(self, samples: np.ndarray) -> evaluate_lib.Features:
     if self.dataset.kind == "images":
-      samples = to_uint8(samples, self.dataset.value_range)
+      samples = to_uint8(samples, self.dataset.value_range, self.config.eval.quantization)
     features, logits = self._extract(samples)
     return evaluate_lib.Features(features=features, logits=logits)
 

@@ -2,7 +2,8 @@
 
 Multi-scale flow with 2 scales ("downscale only once"), ResNet s/t nets of 8 blocks of 64
 features, Adam(1e-3), batch 64, the logit transform with α = 0.05 and uniform dequantisation;
-loss and logs in bits/dim. The paper reports 3.49 bits/dim on the test set.
+the loss in nats per image (the reference code's), logs also in bits/dim. The paper reports 3.49
+bits/dim on the test set.
 
 Where the paper leaves it open, the values are the reference code's (tensorflow/models
 ``research/real_nvp/real_nvp_multiscale_dataset.py`` and ``real_nvp_utils.py``, read for the
@@ -13,7 +14,8 @@ and in the channel couplings (the code's ``dim · 2^scale``, ``2·dim``; the pap
 feature maps"); the code's squeeze layout and factor-out (channel-major squeeze; the pixels
 (0,1), (1,0) of each 2×2 patch factored out); L2 5e-5 on the weight-norm scales and the
 checkerboard couplings' tanh scales (the code's ``magnitude`` and ``rescaling_scale``, not every
-weight); gradients clipped to a global norm of 100 (``tf.clip_by_global_norm``). Horizontal
+weight), added to the NLL in nats per image as the code's ``cost + l2_coeff · l2_reg``; that
+gradient clipped to a global norm of 100 (``tf.clip_by_global_norm``). Horizontal
 flips of the training images (the paper, §4.1; the code flips CelebA and LSUN, it has no
 CIFAR-10 pipeline). What still differs is listed in docs/FLOWS.md.
 

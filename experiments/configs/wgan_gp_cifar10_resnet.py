@@ -10,8 +10,9 @@ of each batch (the reference's two GPUs) and samples made with batch statistics 
 batch norm; needs the dataset's labels). No EMA (``--config.gan.ema_decay=0.999`` turns it on).
 
 Evaluation: FID, IS, KID, precision/recall/density/coverage of 10,000 samples every 10k steps,
-and of 50,000 samples at the end (the paper's protocol: IS over 10 splits of 50,000; FID
-against the 10,000 test images); needs the converted FID Inception weights (README).
+and of 50,000 samples at the end (the paper's protocol is the Inception Score over 10 splits of
+50,000 samples; the paper reports no FID: our FID, against the 10,000 test images, and the other
+metrics are extras); needs the converted FID Inception weights (README).
 ``:smoke`` is tiny and computes no metrics; ``:bfloat16`` computes the nets in bfloat16
 (GPU/TPU). Arguments combine: ``:conditional,smoke``.
 """
@@ -52,6 +53,8 @@ def get_config(arg: str | None = None):
   c.eval.metrics = "fid,is,kid,prdc"
   c.eval.num_samples = 10_000
   c.eval.final_num_samples = 50_000
+  # Samples → Inception pixels as the reference's get_inception_score: ⌊(x + 1)·255.99/2⌋.
+  c.eval.quantization = "wgan_gp"
   if args["conditional"]:
     c.gan.conditional = True
     c.gan.num_classes = 10

@@ -185,9 +185,20 @@ class TfdsImageDataset:
     return to_model_space(np.stack([source[i]["image"] for i in range(n)]), self._pad)
 
 
-def to_uint8(x: np.ndarray, value_range: tuple[float, float] = VALUE_RANGE) -> np.ndarray:
-  """Model-space images with values in ``value_range = (low, high)`` → uint8 ``[0, 255]``: ``low``
-  → 0, ``high`` → 255, linear in between, rounded to nearest, clipped."""
+def to_uint8(
+  x: np.ndarray, value_range: tuple[float, float] = VALUE_RANGE, quantization: str = "nearest"
+) -> np.ndarray:
+  """Model-space images with values in ``value_range = (low, high)`` → uint8 ``[0, 255]``.
+
+  ``"nearest"``: ``low`` → 0, ``high`` → 255, linear in between, rounded to nearest, clipped.
+  ``"wgan_gp"``: the WGAN-GP code's Inception input (gan_cifar_resnet.py's
+  ``((x + 1)·(255.99/2)).astype('int32')``): ``⌊(x − low)·255.99/(high − low)⌋``, clipped, which
+  truncates instead of rounding (``high`` → 255, and every level is 1/256 of the range wide)."""
   low, high = value_range
+  if quantization == "wgan_gp":
+    scaled = np.floor((np.asarray(x, np.float64) - low) * (255.99 / (high - low)))
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+  if quantization != "nearest":
+    raise ValueError(f"unknown quantization {quantization!r}; known: nearest, wgan_gp")
   scaled = (np.asarray(x) - low) * (255.0 / (high - low))  # For [-1, 1]: (x + 1) · 127.5.
   return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)

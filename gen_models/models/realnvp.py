@@ -7,7 +7,7 @@ the change of variables gives the exact log-density of every example::
 
 ``f`` is a composition of layers; the log-determinants add. Every loss below is *minimised*.
 
-Layers (each has an exact inverse and its log-det per example ``(B,)``):
+Layers (``gen_models.nn.flow``; each has an exact inverse and its log-det per example ``(B,)``):
 
 * Affine coupling with a binary mask ``b`` (1: kept, 0: transformed)::
 
@@ -60,13 +60,23 @@ draw in evaluation), then mapped with the logit transform of the authors' code::
 code's). ``l`` goes through the flow, so
 ``log p(u) = log N(f(l)) + log|det ∂f/∂l| + log|det ∂l/∂u|`` is the density of ``u`` on
 ``[0, 1)^D``, and the density of the dequantised pixels on ``[0, 256)^D`` is ``p(u) / 256^D``.
-Loss and logs of image flows are in **bits per dimension**::
+The loss of every flow is the reference code's (tensorflow/models ``research/real_nvp``, ``cost +
+l2_coeff · l2_reg``): the mean negative log-likelihood in **nats per example** plus the L2 term::
+
+    loss = −E_b log p(x_b) + l2 · Σ w²
+
+For images ``−log p(x_b)`` is the pixels' ``−log p(u) + D ln 256`` (the reference's ``cost``
+without the constant ``D ln 256``: the same gradient); ``Σ w²`` runs over the weights (kernels)
+of the s/t nets, or over the scales (``flow.l2_params``; the reference's ``magnitude`` and
+``rescaling_scale``, ``l2`` 5e-5). In these units ``l2`` and a gradient clipping norm
+(``optimizer.clip_global_norm``, the reference's 100) mean what they mean in the reference.
+Image flows *report* bits per dimension besides (the paper's unit)::
 
     bits/dim = (−log p(u) + D ln 256) / (D ln 2)
 
-plus ``l2 · Σ w²`` over the weights (kernels) of the s/t nets, or over the scales
-(``flow.l2_params``; the reference code's, 5e-5). Points use the mean
-negative log-likelihood in nats per example, ``−E_b log p(x_b)``, as their loss.
+``flow.objective = "bits_per_dim"`` instead minimises ``bits/dim + l2 · Σ w²``, the objective of
+runs before 2026-12-07: it weighs the L2 term ``D ln 2`` times (2,129 for CIFAR-10) more than
+the reference and scales the gradient, and so the clipping norm, down by as much.
 
 ``sample(z)`` runs the inverse on ``z ~ N(0, T² I)`` (temperature ``T``), in evaluation mode.
 
@@ -93,7 +103,6 @@ import dataclasses
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -108,11 +117,23 @@ from gen_models.config import base_config
 from gen_models.data import toy
 from gen_models.errors import UserError
 from gen_models.models import Family
-from gen_models.nn import MLP, ResNet, check_impl
+from gen_models.nn import check_impl
+from gen_models.nn.flow import (
+  SQUEEZE_LAYOUTS,
+  ST_INPUTS,
+  ActNorm,
+  AffineCoupling,
+  BatchNorm,
+  Coupling,
+  reorder,
+  squeeze,
+  unsqueeze,
+)
 from gen_models.train_state import TrainState, apply_gradients
 
 NORMALIZATIONS = ("batchnorm", "actnorm", "none", "transformed_batchnorm")
 L2_PARAMS = ("kernels", "scales")
+OBJECTIVES = ("nats", "bits_per_dim")
 # flow.compute_dtype → the s/t nets' flax ``dtype``. None: the dtype of their inputs and
 # parameters, float32 in training (float64 in the float64 tests): exactly the nets without one.
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
@@ -142,7 +163,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.flow.mlp_width = 128
   c.flow.mlp_depth = 2
   c.flow.alpha = 0.05  # Logit transform (module docstring).
-  c.flow.l2 = 5e-5  # Weight decay, on flow.l2_params.
+  c.flow.l2 = 5e-5  # Weight decay, on flow.l2_params, in the loss's units (nats per example).
+  # One of OBJECTIVES: "nats" (the reference's, module docstring) or "bits_per_dim" (images only;
+  # the objective of runs before 2026-12-07, whose L2 weighs D ln 2 times more).
+  c.flow.objective = "nats"
   # The reference code's options (module docstring); off here, so that a workdir written before
   # they existed means what it meant. experiments/configs/realnvp_cifar10.py turns them on.
   c.flow.l2_params = "kernels"  # One of L2_PARAMS: the s/t kernels, or the scales (reference).
@@ -170,276 +194,6 @@ def default_config() -> ml_collections.ConfigDict:
   # not num_train_steps, which a resumed run may change.
   c.optimizer.cosine_decay_steps = 0
   return c
-
-
-# ----------------------------------------------------------------------------------------------
-# Layers. Each maps ``(x, inverse, train) -> (y, log|det| (B,))``.
-
-
-def _pixels(x: jax.Array) -> int:
-  """Positions that share one channel's statistics: ``H·W`` for images, 1 for points."""
-  return math.prod(x.shape[1:-1])
-
-
-class BatchNorm(nn.Module):
-  """Batch normalisation with its log-det (module docstring); ``batch_stats``: mean, var."""
-
-  momentum: float = 0.9
-  epsilon: float = 1e-4
-
-  @nn.compact
-  def __call__(self, x: jax.Array, inverse: bool = False, train: bool = False):
-    c = x.shape[-1]
-    log_gamma = self.param("log_gamma", nn.initializers.zeros_init(), (c,))
-    beta = self.param("beta", nn.initializers.zeros_init(), (c,))
-    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,))
-    ra_var = self.variable("batch_stats", "var", jnp.ones, (c,))
-    if train and not inverse:
-      axes = tuple(range(x.ndim - 1))
-      mean = jnp.mean(x, axes)
-      var = jnp.mean(jnp.square(x - mean), axes)
-      if not self.is_initializing():
-        mu = self.momentum
-        ra_mean.value = mu * ra_mean.value + (1 - mu) * jax.lax.stop_gradient(mean)
-        ra_var.value = mu * ra_var.value + (1 - mu) * jax.lax.stop_gradient(var)
-    else:
-      mean, var = ra_mean.value, ra_var.value
-    log_scale = log_gamma - 0.5 * jnp.log(var + self.epsilon)
-    logdet = jnp.full((x.shape[0],), _pixels(x) * jnp.sum(log_scale))
-    if inverse:
-      return (x - beta) * jnp.exp(-log_scale) + mean, -logdet
-    return (x - mean) * jnp.exp(log_scale) + beta, logdet
-
-
-class ActNorm(nn.Module):
-  """Per-channel affine ``y = x · exp(log s) + β`` (module docstring).
-
-  Applied with the collection ``actnorm_init`` mutable (and not inverse), it sets ``log s`` and
-  ``β`` from the batch it sees, writes them there and uses them: :func:`data_init`.
-  """
-
-  @nn.compact
-  def __call__(self, x: jax.Array, inverse: bool = False, train: bool = False):
-    del train
-    c = x.shape[-1]
-    log_scale = self.param("log_scale", nn.initializers.zeros_init(), (c,))
-    bias = self.param("bias", nn.initializers.zeros_init(), (c,))
-    if self.is_mutable_collection("actnorm_init") and not inverse:
-      axes = tuple(range(x.ndim - 1))
-      mean = jnp.mean(x, axes)
-      std = jnp.sqrt(jnp.mean(jnp.square(x - mean), axes))
-      log_scale = -jnp.log(std + 1e-6)
-      bias = -mean * jnp.exp(log_scale)
-      self.put_variable("actnorm_init", "log_scale", log_scale)
-      self.put_variable("actnorm_init", "bias", bias)
-    logdet = jnp.full((x.shape[0],), _pixels(x) * jnp.sum(log_scale))
-    if inverse:
-      return (x - bias) * jnp.exp(-log_scale), -logdet
-    return x * jnp.exp(log_scale) + bias, logdet
-
-
-ST_INPUTS = ("masked", "concat_relu")
-
-
-@dataclasses.dataclass(frozen=True)
-class Coupling:
-  """How the image couplings are built; the defaults are ours, each field an option of the
-  reference code (tensorflow/models ``research/real_nvp``; module docstring, "Reference options").
-
-  ``weight_norm``, ``batch_norm``, ``skip``, ``out_kernel``: of the s/t ResNet
-  (:class:`gen_models.nn.ResNet`). ``input``: ``"masked"`` (the net sees ``[b ⊙ x, b]``) or
-  ``"concat_relu"`` (``[relu(h), relu(−h), b]`` with ``h = 2·bn(b ⊙ x)``, ``bn`` an offset-only
-  batch norm, when ``batch_norm``, else ``h = b ⊙ x``; channel couplings: ``h = bn(x_kept)``, no
-  ``b``). ``shift_first``: ``y = (x + t) ⊙ exp(s)`` instead of ``x ⊙ exp(s) + t``. ``out_norm``:
-  batch norm of the transformed half inside the coupling (statistics ``momentum``,
-  ``epsilon``)."""
-
-  weight_norm: bool = False
-  batch_norm: bool = False
-  skip: bool = False
-  out_kernel: int = 3
-  input: str = "masked"
-  shift_first: bool = False
-  out_norm: bool = False
-  momentum: float = 0.9
-  epsilon: float = 1e-4
-
-
-class AffineCoupling(nn.Module):
-  """An affine coupling (module docstring) with mask ``kind`` ∈ {vector, checkerboard, channel}.
-
-  The s/t net is an MLP (``hidden``) for vectors, a ResNet (``features``, ``blocks``,
-  ``options``) for images; its zero-initialised last layer makes the coupling start as the
-  identity (with ``options.out_norm``: the identity followed by the batch norm).
-
-  ``dtype``: the compute dtype of the s/t net (``COMPUTE_DTYPES``; None: its input's); the net's
-  input (with its input batch norm) and its outputs ``s_raw, t``, cast back, are in the dtype of
-  ``x``, and so is everything else of the coupling (module docstring, "bfloat16").
-  """
-
-  kind: str
-  parity: int
-  hidden: Sequence[int] = (64,)
-  features: int = 64
-  blocks: int = 8
-  impl: str = "auto"
-  options: Coupling = Coupling()
-  dtype: Any = None
-
-  def _net(self, out: int) -> nn.Module:
-    if self.kind == "vector":
-      return MLP(tuple(self.hidden), out, zero_last=True, dtype=self.dtype, name="net")
-    o = self.options
-    return ResNet(
-      self.features,
-      self.blocks,
-      out,
-      zero_last=True,
-      impl=self.impl,
-      weight_norm=o.weight_norm,
-      batch_norm=o.batch_norm,
-      skip=o.skip,
-      out_kernel=o.out_kernel,
-      dtype=self.dtype,
-      name="net",
-    )
-
-  def _s_t(self, cond: jax.Array, out: int, train: bool) -> tuple[jax.Array, jax.Array]:
-    """``(s, t)`` in the dtype of ``cond`` (the coupling's), whatever the net computes in."""
-    h = self._net(2 * out)(cond, train).astype(cond.dtype)
-    scale = self.param("scale", nn.initializers.ones_init(), (out,))
-    return scale * jnp.tanh(h[..., :out]), h[..., out:]
-
-  def _cond(self, kept: jax.Array, b: jax.Array | None, train: bool) -> jax.Array:
-    """The s/t net's input from the kept values (zeros elsewhere) and the mask channel ``b``."""
-    o = self.options
-    if self.kind == "vector" or o.input == "masked":
-      return kept if b is None else jnp.concatenate([kept, b], axis=-1)
-    h = kept
-    if o.batch_norm:
-      bn = nn.BatchNorm(
-        use_running_average=not train,
-        momentum=0.9,
-        epsilon=1e-4,
-        use_scale=False,
-        name="input_norm",
-      )
-      h = bn(h) * (1.0 if b is None else 2.0)
-    return jnp.concatenate([nn.relu(h), nn.relu(-h)] + ([] if b is None else [b]), axis=-1)
-
-  def _out_norm(self, y: jax.Array, mask, inverse: bool, train: bool):
-    """Batch norm of the transformed positions (``mask`` False; None: all) without scale or
-    offset: ``y ← (y − m_c)/√(v_c + ε)``, ``log|det| = −½ Σ_transformed log(v_c + ε)``. In training
-    ``m, v`` are the mean and biased variance over the batch and pixels of ``y`` with the kept
-    positions set to 0 (the reference's statistics of ``y ⊙ (1 − b)``); else, and always in the
-    inverse, the running averages in ``batch_stats`` (``mean``, ``var``)."""
-    o, c = self.options, y.shape[-1]
-    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,))
-    ra_var = self.variable("batch_stats", "var", jnp.ones, (c,))
-    if train and not inverse:
-      axes = tuple(range(y.ndim - 1))
-      yt = y if mask is None else jnp.where(mask, 0.0, y)
-      mean = jnp.mean(yt, axes)
-      var = jnp.mean(jnp.square(yt - mean), axes)
-      if not self.is_initializing():
-        mu = o.momentum
-        ra_mean.value = mu * ra_mean.value + (1 - mu) * jax.lax.stop_gradient(mean)
-        ra_var.value = mu * ra_var.value + (1 - mu) * jax.lax.stop_gradient(var)
-    else:
-      mean, var = ra_mean.value, ra_var.value
-    log_sd = 0.5 * jnp.log(var + o.epsilon)
-    ld = jnp.broadcast_to(-log_sd, y.shape)
-    out = y * jnp.exp(log_sd) + mean if inverse else (y - mean) * jnp.exp(-log_sd)
-    if mask is not None:
-      ld, out = jnp.where(mask, 0.0, ld), jnp.where(mask, y, out)
-    ld = jnp.sum(ld.reshape(y.shape[0], -1), axis=1)
-    return out, -ld if inverse else ld
-
-  def _affine(self, x: jax.Array, s: jax.Array, t: jax.Array, inverse: bool) -> jax.Array:
-    if self.options.shift_first:
-      return x * jnp.exp(-s) - t if inverse else (x + t) * jnp.exp(s)
-    return (x - t) * jnp.exp(-s) if inverse else x * jnp.exp(s) + t
-
-  @nn.compact
-  def __call__(self, x: jax.Array, inverse: bool = False, train: bool = False):
-    out_norm = self.options.out_norm and self.kind != "vector"
-    if self.kind == "channel":
-      c = x.shape[-1] // 2
-      kept, moved = (x[..., :c], x[..., c:]) if self.parity == 0 else (x[..., c:], x[..., :c])
-      s, t = self._s_t(self._cond(kept, None, train), moved.shape[-1], train)
-      norm_ld = 0.0
-      if out_norm and inverse:
-        moved, norm_ld = self._out_norm(moved, None, True, False)
-      moved = self._affine(moved, s, t, inverse)
-      if out_norm and not inverse:
-        moved, norm_ld = self._out_norm(moved, None, False, train)
-      logdet = jnp.sum(s.reshape(s.shape[0], -1), axis=1)
-      y = jnp.concatenate([kept, moved] if self.parity == 0 else [moved, kept], axis=-1)
-      return y, (-logdet if inverse else logdet) + norm_ld
-    mask = self.mask(x.shape[1:], self.kind, self.parity)
-    b = None
-    if self.kind == "checkerboard":
-      b = jnp.broadcast_to(mask[..., :1].astype(x.dtype), (*x.shape[:-1], 1))
-    s, t = self._s_t(self._cond(jnp.where(mask, x, 0.0), b, train), x.shape[-1], train)
-    s = jnp.where(mask, 0.0, s)
-    h, norm_ld = x, 0.0
-    if out_norm and inverse:
-      h, norm_ld = self._out_norm(x, mask, True, False)
-    y = jnp.where(mask, x, self._affine(h, s, t, inverse))
-    if out_norm and not inverse:
-      y, norm_ld = self._out_norm(y, mask, False, train)
-    logdet = jnp.sum(s.reshape(s.shape[0], -1), axis=1)
-    return y, (-logdet if inverse else logdet) + norm_ld
-
-  @staticmethod
-  def mask(shape: tuple[int, ...], kind: str, parity: int) -> jax.Array:
-    """The kept positions ``b`` (bool), broadcastable to one example of ``shape``."""
-    if kind == "vector":
-      return jnp.arange(shape[-1]) % 2 == parity
-    h, w = jnp.arange(shape[0])[:, None], jnp.arange(shape[1])[None, :]
-    return ((h + w) % 2 == parity)[:, :, None] & jnp.ones((1, 1, shape[2]), bool)
-
-
-SQUEEZE_LAYOUTS = ("position_major", "reference")
-# The reference's ordered squeeze: its channel blocks k = 0..3 hold the patch positions
-# p = 2i + j in this order, (0,0), (1,1), (0,1), (1,0); _ORDER_INV[p] is the block of p.
-_ORDER, _ORDER_INV = (0, 3, 1, 2), (0, 2, 3, 1)
-
-
-def squeeze(x: jax.Array, layout: str = "position_major") -> jax.Array:
-  """``(B, H, W, C)`` → ``(B, H/2, W/2, 4C)``; channel ``(2i + j)·C + c`` is pixel ``(i, j)`` of
-  each 2×2 patch (``"position_major"``), or ``c·4 + 2i + j`` (``"reference"``: the reference
-  code's ``squeeze_2x2``, channel-major)."""
-  b, h, w, c = x.shape
-  x = x.reshape(b, h // 2, 2, w // 2, 2, c)
-  x = x.transpose(0, 1, 3, 5, 2, 4) if layout == "reference" else x.transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, h // 2, w // 2, 4 * c)
-
-
-def unsqueeze(x: jax.Array, layout: str = "position_major") -> jax.Array:
-  """The inverse of :func:`squeeze`: ``(B, H, W, 4C)`` → ``(B, 2H, 2W, C)``."""
-  b, h, w, c4 = x.shape
-  c = c4 // 4
-  if layout == "reference":
-    x = x.reshape(b, h, w, c, 2, 2).transpose(0, 1, 4, 2, 5, 3)
-  else:
-    x = x.reshape(b, h, w, 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, 2 * h, 2 * w, c)
-
-
-def reorder(x: jax.Array, inverse: bool = False) -> jax.Array:
-  """The reference's layout change before a factor-out (a permutation of channels): from the
-  channel-major squeeze's ``c·4 + p`` to its ordered squeeze's ``k·C + c``, where block ``k`` holds
-  the patch position ``p = (0, 3, 1, 2)[k]`` (what its ``unsqueeze_2x2`` then
-  ``squeeze_2x2_ordered`` compute); ``inverse`` goes back. The first half, positions (0,0) and
-  (1,1) of every patch, goes on to the next scale; the second, (0,1) and (1,0), is factored out."""
-  *lead, c4 = x.shape
-  c = c4 // 4
-  if inverse:
-    x = jnp.swapaxes(x.reshape(*lead, 4, c), -1, -2)[..., jnp.array(_ORDER_INV)]
-    return x.reshape(*lead, c4)
-  x = x.reshape(*lead, c, 4)[..., jnp.array(_ORDER)]
-  return jnp.swapaxes(x, -1, -2).reshape(*lead, c4)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -729,13 +483,16 @@ def train_step(
   l2_params: str = "kernels",
   clip_global_norm: float = 0.0,
   learning_rate: float = 1.0,
+  objective: str = "nats",
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One Adam update on the mean NLL (points, nats) or bits/dim (images), plus ``l2 · Σ w²``.
+  """One Adam update on the mean NLL in nats per example plus ``l2 · Σ w²`` (module docstring).
 
   Args:
     state: ``params["flow"]``; ``model_state["flow"]`` holds ``batch_stats`` (batch norm).
     batch: ``(1, B, *example_shape)`` float32.
     l2, l2_params: the weight decay and what it falls on (:func:`l2_penalty`).
+    objective: images only: ``"nats"`` (the reference's) or ``"bits_per_dim"`` (the NLL term
+      divided by ``D ln 2``; runs before 2026-12-07).
     clip_global_norm: > 0: the gradient is clipped to this global norm
       (:func:`clip_by_global_norm`) before Adam.
     learning_rate: Adam's (peak) step size (``state.tx`` has a unit one).
@@ -745,7 +502,8 @@ def train_step(
   Returns:
     The new state and scalar metrics ``loss``, ``nll`` (nats per example; for images of the
     pixels on ``[0, 256)^D``), ``log_det`` (batch mean of the flow's log|det|), for images
-    ``bits_per_dim``, and with clipping ``grad_norm`` (before clipping).
+    ``bits_per_dim`` and ``l2_penalty`` (``Σ w²``, unweighted), and with clipping ``grad_norm``
+    (before clipping).
   """
   x = batch[0]
   key = jax.random.fold_in(state.step_key(), 0)
@@ -758,13 +516,16 @@ def train_step(
     log_p, stats, per_layer = log_prob(
       {"params": params, **model_state}, x, key, flow=flow, prep=prep, train=True
     )
-    nll = pixel_nll(jnp.mean(log_p), num_dims) if prep.image else -jnp.mean(log_p)
-    objective = to_bits_per_dim(nll, num_dims) if prep.image else nll
-    loss = objective + l2 * l2_penalty(params, l2_params)
-    log_det = jnp.mean(sum(per_layer.values()))
-    return loss, (nll, log_det, stats)
+    if not prep.image:  # Points: nats per example (the 2-D flows' step, op for op as before).
+      nll = -jnp.mean(log_p)
+      loss = nll + l2 * l2_penalty(params, l2_params)
+      return loss, (nll, jnp.mean(sum(per_layer.values())), stats, None)
+    nll = pixel_nll(jnp.mean(log_p), num_dims)
+    term = to_bits_per_dim(nll, num_dims) if objective == "bits_per_dim" else nll
+    penalty = l2_penalty(params, l2_params)
+    return term + l2 * penalty, (nll, jnp.mean(sum(per_layer.values())), stats, penalty)
 
-  (loss, (nll, log_det, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+  (loss, (nll, log_det, stats, penalty)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
     state.params["flow"]
   )
   if clip_global_norm > 0:
@@ -782,6 +543,7 @@ def train_step(
   metrics = {"loss": loss, "nll": nll, "log_det": log_det}
   if prep.image:
     metrics["bits_per_dim"] = to_bits_per_dim(nll, num_dims)
+    metrics["l2_penalty"] = penalty
   if clip_global_norm > 0:
     metrics["grad_norm"] = grad_norm
   return new_state, metrics
@@ -924,6 +686,7 @@ def bind(config: ml_collections.ConfigDict, example_shape: tuple[int, ...]) -> B
   for key, value, known in (
     ("flow.st_input", f.st_input, ST_INPUTS),
     ("flow.l2_params", f.l2_params, L2_PARAMS),
+    ("flow.objective", f.objective, OBJECTIVES),
     ("flow.squeeze_layout", f.squeeze_layout, SQUEEZE_LAYOUTS),
     ("flow.compute_dtype", f.compute_dtype, tuple(COMPUTE_DTYPES)),
   ):
@@ -1006,6 +769,7 @@ def make_family(config: ml_collections.ConfigDict, example_shape: tuple[int, ...
       l2_params=f.l2_params,
       clip_global_norm=float(opt.clip_global_norm),
       learning_rate=float(opt.learning_rate),
+      objective=f.objective,
     ),
     sample=functools.partial(sample, flow=flow, prep=prep, temperature=float(f.temperature)),
     evaluate=functools.partial(

@@ -6,7 +6,8 @@ convolutions on CPU (space-to-depth / depth-to-space); ``conv_impl`` config key.
 mean pooling, nearest-neighbour up-sampling and class-conditional batch norm (the WGAN-GP ResNet
 nets); a stride-1 conv ``ResNet`` (RealNVP's s/t nets). ``weight_norm``: a weight-normalised conv
 (``w = g·v/‖v‖``). ``mlp``: a dense ReLU net whose last layer may start at zero. ``init``:
-kernel initialisers by name (flax's LeCun normal, TensorFlow's Glorot uniform).
+kernel initialisers by name (flax's LeCun normal, TensorFlow's Glorot uniform). ``flow``:
+invertible layers with their log-determinants (RealNVP's couplings, batch norm, ActNorm, squeezes).
 """
 
 from gen_models.nn.conv import IMPLS, Conv, ConvTranspose, check_impl, resolve_impl
