@@ -42,7 +42,7 @@ def draw_samples(
   member's own by default. A single run takes ``member`` None or 0.
 
   ``kind`` is ``"images"`` (uint8 ``(N, H, W, C)``, the dataset's ``value_range`` mapped to
-  [0, 255]) or ``"points"`` (float32 ``(N, D)``).
+  [0, 255] by the run's ``eval.quantization``, as its own evaluations did) or ``"points"`` (float32 ``(N, D)``).
   """
   if num_samples < 1:
     raise UserError(f"--num_samples must be >= 1, got {num_samples}")
@@ -63,5 +63,6 @@ def draw_samples(
   sample_fn = jax.jit(family.sample, static_argnums=2)
   x = sample_chunks(sample_fn, state, key, num_samples, batch_size)
   if kind == "images":
-    return images.to_uint8(x, data.value_range(config)), kind, step
+    x = images.to_uint8(x, data.value_range(config), config.eval.quantization)
+    return x, kind, step
   return x.astype(np.float32), kind, step
