@@ -42,7 +42,8 @@ def draw_samples(
   member's own by default. A single run takes ``member`` None or 0.
 
   ``kind`` is ``"images"`` (uint8 ``(N, H, W, C)``, the dataset's ``value_range`` mapped to
-  [0, 255] by the run's ``eval.quantization``, as its own evaluations did) or ``"points"`` (float32 ``(N, D)``).
+  [0, 255] by the run's ``eval.quantization``, as its own evaluations did) or ``"points"``
+  (float32 ``(N, D)``).
   """
   if num_samples < 1:
     raise UserError(f"--num_samples must be >= 1, got {num_samples}")
