@@ -1,0 +1,205 @@
+r"""Compile train steps for TPUs and GPUs this machine does not have: what fits, what it costs, what
+it sends (gen_models/aot.py).
+
+    python -m experiments.bench.compile --configs=toy,vae --targets=tpu:v5e:2x2,gpu:h100
+    python -m experiments.bench.compile --config=experiments/configs/beta_vae_dsprites.py \
+        --config.population.seeds=6 --targets=gpu:h100x8
+
+Needs ``pip install -e '.[tpu,gpu-compile]'`` (libtpu; the CUDA plugin without NVIDIA's wheels).
+``--configs`` are ``experiments.bench.train_steps.CONFIGS`` names; ``--config`` is one config file
+with ``--config.*`` overrides. Targets: ``tpu:<chip>:<topology>`` (``tpu:v5e:2x2``,
+``tpu:v5e:16x16``, ``tpu:v4:2x2x2``), ``gpu:<chip>[x<gpus>[x<hosts>]]`` (``gpu:h100``,
+``gpu:h100x8``, ``gpu:h100x8x2``). One row per (config, target) is printed as it finishes, then
+the table; the JSON goes to ``--output`` (default
+``experiments/results/compile_<configs>_<date>.json``). ``projected`` columns are floors from the
+compiler's counts and data sheets, not timings (docs/BENCHMARKS.md, "Before you rent
+accelerators"). Nothing here contacts any address but loopback (``TPU_SKIP_MDS_QUERY=1``).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # Before libtpu loads: no metadata server.
+os.environ.setdefault("NO_GCE_CHECK", "True")
+os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")  # No driver: compile only.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # The host runs nothing but the CPU lowering.
+
+import datetime  # noqa: E402
+import time  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from experiments import cli  # noqa: E402
+from experiments.bench import hardware, train_steps  # noqa: E402
+from gen_models import aot  # noqa: E402
+from gen_models import config as config_lib  # noqa: E402
+from gen_models.errors import UserError  # noqa: E402
+
+_CONFIGS = flags.DEFINE_list("configs", [], f"Bench configs: {', '.join(train_steps.CONFIGS)}.")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (path[:arg]).")
+_TARGETS = flags.DEFINE_list("targets", ["tpu:v5e:2x2", "gpu:h100"], "Compile targets.")
+_BATCH = flags.DEFINE_integer("batch_size", None, "Global batch size (default: the config's).")
+_MEMBERS = flags.DEFINE_integer(
+  "members", None, "Compile a population of this many seeds (population.seeds)."
+)
+_FIT = flags.DEFINE_bool(
+  "fit_members", False, "Find the largest population (seeds) that fits each target by compiling."
+)
+_CONV = flags.DEFINE_string("conv_impl", None, "conv_impl of every config (default: its own).")
+_OUTPUT = flags.DEFINE_string("output", None, "JSON path (default: experiments/results/...).")
+_REQUIRE_FIT = flags.DEFINE_bool(
+  "require_fit", False, "Exit with an error line when a step does not fit its target."
+)
+
+
+def _jobs() -> list[tuple[str, object, tuple]]:
+  """``[(label, config, example shape)]`` from ``--configs`` and ``--config``."""
+  jobs = []
+  for name in _CONFIGS.value:
+    if name not in train_steps.CONFIGS:
+      raise UserError(f"unknown config {name!r}; known: {', '.join(train_steps.CONFIGS)}")
+    jobs.append((name, train_steps.config_for(name, {}), train_steps.CONFIGS[name][1]))
+  if _CONFIG.value is not None:
+    config = config_lib.validate(cli.config_value(_CONFIG))
+    jobs.append(("config", config, aot.examples_shape_of(config)))
+  if not jobs:
+    raise UserError("give --configs=NAME,... or --config=FILE")
+  out = []
+  for label, config, shape in jobs:
+    config = config_lib.validate(config)
+    if _BATCH.value is not None:
+      config.batch_size = _BATCH.value
+    if _CONV.value is not None:
+      config.conv_impl = _CONV.value
+    if _MEMBERS.value is not None:
+      config.population.seeds = _MEMBERS.value
+    out.append((label, config, tuple(shape)))
+  return out
+
+
+def _with_members(config, n: int):
+  c = config_lib.validate(config)
+  c.population.seeds = n
+  return c
+
+
+def _fit_members(label, config, shape, target, devices, say) -> dict:
+  """The largest seeds-population that fits: N = 1 and 2 compiled, memory extrapolated linearly,
+  then the edge checked by compiling (N_max fits, N_max + 1 does not)."""
+  rows = {}
+
+  def row(n):
+    if n not in rows:
+      say(f"{label} on {target.spec}: {n} member(s)")
+      rows[n] = aot.compile_step(_with_members(config, n), shape, target, devices, cpu_flops=False)
+    return rows[n]
+
+  one, two = row(1), row(2)
+  per = max(two["total_bytes"] - one["total_bytes"], 1)
+  n = max(1, int((target.chip.memory_bytes - one["total_bytes"]) // per) + 1)
+  while n > 1 and not row(n)["fits"]:
+    n = max(1, int(n * 0.9))
+  while row(n + 1)["fits"]:
+    n = n + 1 if rows[n + 1]["total_bytes"] + per > target.chip.memory_bytes else int(n * 1.1) + 1
+  best = row(n)
+  return {
+    **best,
+    "fit_search": {str(k): [v["total_bytes"], v["fits"]] for k, v in sorted(rows.items())},
+    "largest_members": n if best["fits"] else 0,
+    "bytes_per_member": per,
+  }
+
+
+_COLUMNS = (
+  ("config", str),
+  ("target", str),
+  ("members", str),
+  ("compile_s", lambda v: f"{v:.0f}"),
+  ("total_gib", lambda v: f"{v:.3g}"),
+  ("fits", lambda v: "fits" if v else "DOES NOT FIT"),
+  ("gflop_dev", lambda v: f"{v:.3g}"),
+  ("gb_dev", lambda v: f"{v:.3g}"),
+  ("allreduce_mb", lambda v: f"{v:.3g}"),
+  ("kernels", str),
+  ("floor_ms", lambda v: f"{v:.3g}"),
+  ("launch_ms", lambda v: f"{v:.3g}"),
+  ("proj_ex_s", lambda v: f"{v:,.0f}"),
+)
+
+
+def _table_row(r: dict) -> dict:
+  coll = r["collectives"]
+  return {
+    "config": r["config"],
+    "target": r["target"],
+    "members": r.get("largest_members", r["members"]),
+    "compile_s": r["compile_s"],
+    "total_gib": r["total_bytes"] / aot.GiB,
+    "fits": r["fits"],
+    "gflop_dev": (r["flops_per_device"] or 0) / 1e9 or None,
+    "gb_dev": (r["bytes_per_device"] or 0) / 1e9,
+    "allreduce_mb": coll.get("all-reduce", {}).get("bytes", 0) / 1e6,
+    "kernels": r["kernels"].get("total"),
+    "floor_ms": r["roofline_floor_s"] * 1e3,
+    "launch_ms": r["launch_floor_s"] * 1e3 if r["platform"] == "gpu" else None,
+    "proj_ex_s": r["projected_examples_per_s"],
+  }
+
+
+def run() -> dict:
+  targets = [aot.parse_target(t) for t in _TARGETS.value]
+  jobs = _jobs()
+  devices = {t.spec: aot.target_devices(t) for t in targets}
+  total, done, t0, rows = len(jobs) * len(targets), 0, time.perf_counter(), []
+
+  def say(what: str) -> None:
+    elapsed = time.perf_counter() - t0
+    eta = f", ETA {elapsed / done * (total - done):.0f} s" if done else ""
+    print(f"[{done}/{total}] {elapsed:.0f} s{eta}: compiling {what}", flush=True)
+
+  for label, config, shape in jobs:
+    for target in targets:
+      if _FIT.value:
+        r = _fit_members(label, config, shape, target, devices[target.spec], say)
+      else:
+        say(f"{label} for {target.spec}")
+        r = aot.compile_step(config, shape, target, devices[target.spec])
+      r = {"config": label, **r}
+      rows.append(r)
+      done += 1
+      print(cli.format_table([_table_row(r)], _COLUMNS), flush=True)
+      if _REQUIRE_FIT.value:
+        aot.check_fits(r)
+  return {
+    **hardware.run_info(),
+    "what": "train steps compiled ahead of time for accelerators (gen_models/aot.py); "
+    "projected_* are floors from compiler counts and data sheets, not timings",
+    "gpu_launch_s": aot.GPU_LAUNCH_S,
+    "chips": {t.chip.name: t.chip.source for t in targets},
+    "rows": rows,
+  }
+
+
+def _default_output(labels: list[str]) -> str:
+  date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return os.path.join(here, "results", f"compile_{'_'.join(labels)}_{date}.json")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.quiet_library_logs()
+  results = cli.run_user_errors_as_exit(run)
+  print()
+  print(cli.format_table([_table_row(r) for r in results["rows"]], _COLUMNS))
+  labels = list(_CONFIGS.value) + (["config"] if _CONFIG.value is not None else [])
+  path = _OUTPUT.value or _default_output(labels)
+  cli.run_user_errors_as_exit(lambda: cli.write_json(path, results))
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=cli.parse_flags)
