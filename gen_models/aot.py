@@ -258,7 +258,11 @@ def target_devices(target: Target) -> list:
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # No chip to lock: compile only.
   try:
     if target.platform == "tpu":
-      topo = topologies.get_topology_desc(platform="tpu", topology_name=target.topology)
+      dims = [int(d) for d in target.topology.partition(":")[2].split("x")]
+      extra = {}
+      if math.prod(dims) < 4:  # One host of fewer chips than the default 2x2x1 per host.
+        extra["chips_per_host_bounds"] = (dims + [1, 1])[:3]
+      topo = topologies.get_topology_desc(platform="tpu", topology_name=target.topology, **extra)
     else:
       os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
       topo = topologies.get_topology_desc(
@@ -651,4 +655,87 @@ def gradient_bytes(config, example_shape) -> dict[str, int]:
   return {
     name: int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(p)))
     for name, p in state.params.items()
+  }
+
+
+# ----------------------------------------------------------------------------------------------
+# Calibration against measured steps.
+
+
+def model_step_s(row: dict, chip: Chip, launch_s: float, efficiency: float) -> float:
+  """A GPU step's time by the two-constant model: ``kernels × launch_s + max(flops /
+  (efficiency × peak), bytes / HBM bandwidth)`` (+ collectives, as :func:`project`)."""
+  peak = chip.peak_flops[row.get("compute_dtype", "float32")]
+  compute = (row.get("flops_per_device") or 0.0) / (efficiency * peak)
+  memory = (row.get("bytes_per_device") or 0.0) / chip.hbm_bytes_per_s
+  return row["kernels"].get("total", 0) * launch_s + max(compute, memory) + row["collective_s"]
+
+
+def calibrate(rows: list[dict], measured_s: dict, fit: Sequence[str], chip: Chip) -> dict:
+  """Fits ``launch_s`` and ``efficiency`` of :func:`model_step_s` to the measured step seconds of
+  the ``fit`` configs only (least squares of log ratios over a grid), then predicts every row.
+
+  Args:
+    rows: compiled rows (``config`` key) for ``chip``.
+    measured_s: ``{config: measured seconds per step}``.
+    fit: the configs whose measurements may be used (at most half of ``measured_s``).
+
+  Returns:
+    ``{"launch_s", "efficiency", "fit", "rows": [{config, measured_s, predicted_s, ratio,
+    held_out}]}``; ratio = predicted / measured.
+  """
+  if len(fit) > len(measured_s) // 2:
+    raise UserError(f"fit on at most half of the {len(measured_s)} measured rows, got {len(fit)}")
+  by = {r["config"]: r for r in rows if r["config"] in measured_s}
+  best = None
+  for launch_s in np.geomspace(0.2e-6, 20e-6, 121):
+    for eff in np.geomspace(0.02, 1.0, 121):
+      err = sum(
+        math.log(model_step_s(by[c], chip, launch_s, eff) / measured_s[c]) ** 2 for c in fit
+      )
+      if best is None or err < best[0]:
+        best = (err, float(launch_s), float(eff))
+  _, launch_s, eff = best
+  out = []
+  for c, r in by.items():
+    pred = model_step_s(r, chip, launch_s, eff)
+    out.append(
+      {
+        "config": c,
+        "kernels": r["kernels"].get("total"),
+        "gflop": (r.get("flops_per_device") or 0) / 1e9,
+        "measured_s": measured_s[c],
+        "predicted_s": pred,
+        "ratio": pred / measured_s[c],
+        "held_out": c not in fit,
+      }
+    )
+  return {"launch_s": launch_s, "efficiency": eff, "fit": list(fit), "rows": out}
+
+
+def compile_layer(op: Callable, x_shape, w_shape, strides, impl: str, target: Target, device):
+  """Forward + backward (gradients of ``Σ y²`` with respect to input and kernel) of one conv
+  ``op(x, w, strides, "SAME", impl)`` compiled for one ``device`` of ``target``, traced for the
+  target: ``{"impl", "flops", "bytes", "temp_bytes", "convolutions", "kernels", "floor_s"}``
+  (FLOPs and bytes from the TPU's cost analysis; None on a GPU)."""
+  mesh = jax.sharding.Mesh(np.asarray([device]), ("d",))
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  x = jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32, sharding=rep)
+  w = jax.ShapeDtypeStruct(tuple(w_shape), jnp.float32, sharding=rep)
+  loss = lambda x, w: jnp.sum(jnp.square(op(x, w, strides, "SAME", impl)))
+  with platform.target(target.platform):
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).compile()
+  cost = compiled.cost_analysis() if target.platform == "tpu" else None
+  stats = program_stats(compiled.as_text())
+  flops = float(cost["flops"]) if cost else None
+  nbytes = float(cost["bytes accessed"]) if cost else float(stats["kernel_bytes"])
+  peak = target.chip.peak_flops["float32"]
+  return {
+    "impl": impl,
+    "flops": flops,
+    "bytes": nbytes,
+    "temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes),
+    "convolutions": stats["convolutions"],
+    "kernels": stats["kernels"].get("total"),
+    "floor_s": max((flops or 0.0) / peak, nbytes / target.chip.hbm_bytes_per_s),
   }

@@ -192,3 +192,36 @@ def test_gpu_kernels_of_one_conv_counted_by_hand():
   mem = compiled.memory_analysis()
   assert mem.argument_size_in_bytes == 4 * (8 * 16 * 16 * 8 + 3 * 3 * 8 * 16)
   assert mem.output_size_in_bytes == 4 * 3 * 3 * 8 * 16
+
+
+def test_calibrate_recovers_the_constants_from_half_the_rows():
+  chip = aot.CHIPS["h200"]
+  rows = [
+    {"config": c, "kernels": {"total": k}, "flops_per_device": f, "bytes_per_device": 0.0,
+     "collective_s": 0.0, "compute_dtype": "float32"}
+    for c, k, f in (("a", 300, 1e9), ("b", 100, 2e12), ("c", 50, 1e10), ("d", 900, 5e11))
+  ]  # fmt: skip
+  truth = {r["config"]: aot.model_step_s(r, chip, 2e-6, 0.25) for r in rows}
+  result = aot.calibrate(rows, truth, ["a", "b"], chip)
+  assert result["launch_s"] == pytest.approx(2e-6, rel=0.05)
+  assert result["efficiency"] == pytest.approx(0.25, rel=0.05)
+  held = {r["config"]: r for r in result["rows"] if r["held_out"]}
+  assert set(held) == {"c", "d"} and all(
+    r["ratio"] == pytest.approx(1, rel=0.05) for r in held.values()
+  )
+  with pytest.raises(UserError, match="at most half"):
+    aot.calibrate(rows, truth, ["a", "b", "c"], chip)
+
+
+def test_compile_command_bad_target_is_one_line(tmp_path):
+  import subprocess
+  import sys
+
+  proc = subprocess.run(
+    [sys.executable, "-m", "experiments.bench.compile", "--configs=toy", "--targets=tpu:v9:2x2",
+     f"--output={tmp_path}/x.json"],
+    capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown target 'tpu:v9:2x2'")
+  assert "Traceback" not in proc.stderr

@@ -49,6 +49,12 @@ _FIT = flags.DEFINE_bool(
 )
 _CONV = flags.DEFINE_string("conv_impl", None, "conv_impl of every config (default: its own).")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON path (default: experiments/results/...).")
+_LAYERS = flags.DEFINE_list(
+  "layers",
+  [],
+  "Instead of steps: every conv shape of train_steps.LAYERS (forward +"
+  " backward, batch 64, one device) in each of these conv_impls, e.g. xla,subpixel,phases,gemm.",
+)
 _REQUIRE_FIT = flags.DEFINE_bool(
   "require_fit", False, "Exit with an error line when a step does not fit its target."
 )
@@ -148,8 +154,46 @@ def _table_row(r: dict) -> dict:
   }
 
 
+def _layers(targets) -> dict:
+  """The conv forms compared by the target compiler's own numbers, one row per layer and form."""
+  from experiments.bench.train_steps import LAYER_BATCH, LAYERS
+  from gen_models.nn.conv import check_impl, conv2d, conv_transpose2d
+
+  impls = [check_impl(i) for i in _LAYERS.value]
+  rows, t0, total = [], time.perf_counter(), len(targets) * len(LAYERS) * len(impls)
+  for target in targets:
+    device = aot.target_devices(target)[0]
+    for net, kind, k, s, size, c_in, c_out in LAYERS:
+      op = conv2d if kind == "conv" else conv_transpose2d
+      for impl in impls:
+        r = aot.compile_layer(
+          op, (LAYER_BATCH, size, size, c_in), (k, k, c_in, c_out), (s, s), impl, target, device
+        )
+        r = {
+          "target": target.spec,
+          "layer": f"{net} {kind} {k}x{k}/{s} {size}²×{c_in}→{c_out}",
+          **r,
+        }
+        rows.append(r)
+        done = len(rows)
+        eta = (time.perf_counter() - t0) / done * (total - done)
+        print(
+          f"[{done}/{total}, ETA {eta:.0f} s] {r['target']} {r['layer']} {impl}: "
+          f"{(r['flops'] or 0) / 1e9:.3g} GFLOP, {r['bytes'] / 1e6:.3g} MB, "
+          f"{r['convolutions']} convs, floor {r['floor_s'] * 1e6:.1f} µs",
+          flush=True,
+        )
+  return {
+    **hardware.run_info(),
+    "what": "conv forms by the target compiler's estimates",
+    "layers": rows,
+  }
+
+
 def run() -> dict:
   targets = [aot.parse_target(t) for t in _TARGETS.value]
+  if _LAYERS.value:
+    return _layers(targets)
   jobs = _jobs()
   devices = {t.spec: aot.target_devices(t) for t in targets}
   total, done, t0, rows = len(jobs) * len(targets), 0, time.perf_counter(), []
@@ -193,9 +237,11 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.quiet_library_logs()
   results = cli.run_user_errors_as_exit(run)
-  print()
-  print(cli.format_table([_table_row(r) for r in results["rows"]], _COLUMNS))
+  if "rows" in results:
+    print()
+    print(cli.format_table([_table_row(r) for r in results["rows"]], _COLUMNS))
   labels = list(_CONFIGS.value) + (["config"] if _CONFIG.value is not None else [])
+  labels = labels or ["layers"]
   path = _OUTPUT.value or _default_output(labels)
   cli.run_user_errors_as_exit(lambda: cli.write_json(path, results))
   print(f"wrote {path}")
