@@ -212,6 +212,7 @@ CHIPS = {
 # Per kernel launch on a GPU (seconds): fitted on half of the H200 rows of
 # experiments/results/bench_train_gpu.json (docs/BENCHMARKS.md, "Before you rent accelerators").
 GPU_LAUNCH_S = 4e-6
+SCALING_CHIPS = (8, 16, 64, 256)  # Chip counts of the projected weak scaling (project()).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -599,7 +600,10 @@ def project(row: dict, chip: Chip, launch_s: float = GPU_LAUNCH_S) -> dict:
   * collectives: ``bytes / link bandwidth`` (an all-reduce of ``b`` bytes over ``n`` chips moves
     ``2 (n − 1) / n · b`` per chip in a ring: the factor is applied);
   * projected step: the roofline and launch floors added (kernels launch back to back, each
-    at least ``launch_s``), plus the collectives (not overlapped).
+    at least ``launch_s``), plus the collectives (not overlapped);
+  * projected scaling to :data:`SCALING_CHIPS` chips at the same batch per chip: the same
+    per-chip floors plus a ring all-reduce of the compiled all-reduce bytes over ``n`` chips
+    (``efficiency`` = time without it / time with it).
   """
   peak = chip.peak_flops[row.get("compute_dtype", "float32")]
   flops, nbytes = row.get("flops_per_device"), row.get("bytes_per_device") or 0.0
@@ -616,6 +620,16 @@ def project(row: dict, chip: Chip, launch_s: float = GPU_LAUNCH_S) -> dict:
     factor = 2 * (n - 1) / n if kind == "all-reduce" else (n - 1) / n
     coll_s += factor * c["bytes"] / link
   step_s = roofline + launch + coll_s
+  # Weak scaling (same batch per chip) to n chips: the same per-chip work, the all-reduce's ring
+  # over n chips; GPUs past one 8-GPU node go over the node's network.
+  allreduce = row["collectives"].get("all-reduce", {}).get("bytes", 0)
+  scaling = {}
+  for m in SCALING_CHIPS:
+    bw = chip.link_bytes_per_s
+    if chip.platform == "gpu" and m > 8 and chip.scaleout_bytes_per_s:
+      bw = chip.scaleout_bytes_per_s
+    t = roofline + launch + 2 * (m - 1) / m * allreduce / bw
+    scaling[str(m)] = {"step_s": t, "efficiency": (roofline + launch) / t if t > 0 else None}
   return {
     "peak_flops": peak,
     "compute_floor_s": compute_s,
@@ -625,6 +639,7 @@ def project(row: dict, chip: Chip, launch_s: float = GPU_LAUNCH_S) -> dict:
     "collective_s": coll_s,
     "projected_step_s": step_s,
     "projected_examples_per_s": row["examples_per_step"] / step_s if step_s > 0 else None,
+    "projected_scaling": scaling,
   }
 
 

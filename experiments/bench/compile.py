@@ -92,7 +92,7 @@ def _with_members(config, n: int):
 
 
 def _fit_members(label, config, shape, target, devices, say) -> dict:
-  """The largest seeds-population that fits: N = 1 and 2 compiled, memory extrapolated linearly,
+  """The largest seeds-population that fits: N = 1 and 8 compiled, memory extrapolated linearly,
   then the edge checked by compiling (N_max fits, N_max + 1 does not)."""
   rows = {}
 
@@ -102,19 +102,26 @@ def _fit_members(label, config, shape, target, devices, say) -> dict:
       rows[n] = aot.compile_step(_with_members(config, n), shape, target, devices, cpu_flops=False)
     return rows[n]
 
-  one, two = row(1), row(2)
-  per = max(two["total_bytes"] - one["total_bytes"], 1)
-  n = max(1, int((target.chip.memory_bytes - one["total_bytes"]) // per) + 1)
-  while n > 1 and not row(n)["fits"]:
-    n = max(1, int(n * 0.9))
-  while row(n + 1)["fits"]:
-    n = n + 1 if rows[n + 1]["total_bytes"] + per > target.chip.memory_bytes else int(n * 1.1) + 1
+  one, eight = row(1), row(8)
+  if not one["fits"]:
+    return {**one, "largest_members": 0, "fit_search": {"1": [one["total_bytes"], False]}}
+  per = max((eight["total_bytes"] - one["total_bytes"]) / 7, 1024)  # TPU padding can hide N=2.
+  guess = max(1, min(10**7, int((target.chip.memory_bytes - one["total_bytes"]) // per) + 1))
+  lo, hi, n = 1, None, guess  # row(lo) fits, row(hi) does not.
+  while hi is None or hi - lo > 1:
+    if row(n)["fits"]:
+      lo = n
+      n = (n + 1 if n == guess else 2 * n) if hi is None else (lo + hi) // 2
+    else:
+      hi = n
+      n = n - 1 if n == guess and n - 1 > lo else (lo + hi) // 2
+  n = lo
   best = row(n)
   return {
     **best,
     "fit_search": {str(k): [v["total_bytes"], v["fits"]] for k, v in sorted(rows.items())},
     "largest_members": n if best["fits"] else 0,
-    "bytes_per_member": per,
+    "bytes_per_member": int(per),
   }
 
 
@@ -203,6 +210,14 @@ def run() -> dict:
     eta = f", ETA {elapsed / done * (total - done):.0f} s" if done else ""
     print(f"[{done}/{total}] {elapsed:.0f} s{eta}: compiling {what}", flush=True)
 
+  path = _OUTPUT.value or _default_output([label for label, _, _ in jobs])
+  header = {
+    **hardware.run_info(),
+    "what": "train steps compiled ahead of time for accelerators (gen_models/aot.py); "
+    "projected_* are floors from compiler counts and data sheets, not timings",
+    "gpu_launch_s": aot.GPU_LAUNCH_S,
+    "chips": {t.chip.name: t.chip.source for t in targets},
+  }
   for label, config, shape in jobs:
     for target in targets:
       if _FIT.value:
@@ -214,16 +229,10 @@ def run() -> dict:
       rows.append(r)
       done += 1
       print(cli.format_table([_table_row(r)], _COLUMNS), flush=True)
+      cli.write_json(path, {**header, "rows": rows})  # Every row kept if a later one fails.
       if _REQUIRE_FIT.value:
         aot.check_fits(r)
-  return {
-    **hardware.run_info(),
-    "what": "train steps compiled ahead of time for accelerators (gen_models/aot.py); "
-    "projected_* are floors from compiler counts and data sheets, not timings",
-    "gpu_launch_s": aot.GPU_LAUNCH_S,
-    "chips": {t.chip.name: t.chip.source for t in targets},
-    "rows": rows,
-  }
+  return {**header, "rows": rows, "path": path}
 
 
 def _default_output(labels: list[str]) -> str:
@@ -240,9 +249,7 @@ def main(argv: list[str]) -> None:
   if "rows" in results:
     print()
     print(cli.format_table([_table_row(r) for r in results["rows"]], _COLUMNS))
-  labels = list(_CONFIGS.value) + (["config"] if _CONFIG.value is not None else [])
-  labels = labels or ["layers"]
-  path = _OUTPUT.value or _default_output(labels)
+  path = results.pop("path", None) or _OUTPUT.value or _default_output(["layers"])
   cli.run_user_errors_as_exit(lambda: cli.write_json(path, results))
   print(f"wrote {path}")
 
