@@ -43,6 +43,10 @@ from gen_models.errors import UserError
 GiB = 2**30
 
 
+class DoesNotFit(UserError):
+  """The target's compiler refused the step for lack of device memory (the TPU compiler does)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Chip:
   """One accelerator's data-sheet facts.
@@ -338,9 +342,21 @@ def _computations(hlo: str) -> tuple[dict[str, list[_Instr]], str]:
   return comps, entry
 
 
-def _trip_count(rest: str) -> int:
+def _trip_count(rest: str, condition: list[_Instr]) -> int:
+  """A while loop's trip count: XLA's ``known_trip_count`` (GPU), else the bound ``N`` of a
+  condition ``counter < constant(N)`` (the TPU program omits the annotation; a ``scan`` counts
+  from 0 by 1), else 1."""
   m = re.search(r'known_trip_count"?\s*[:=]\s*\{\s*"?n"?\s*[:=]\s*"?(\d+)', rest)
-  return int(m.group(1)) if m else 1
+  if m:
+    return int(m.group(1))
+  consts = {i.name: i.rest for i in condition if i.opcode == "constant"}
+  for ins in condition:
+    if ins.opcode == "compare" and "direction=LT" in ins.rest:
+      for name in re.findall(r"%([\w.\-]+)", ins.rest.split(")", 1)[0]):
+        c = re.match(r"\s*(\d+)\)", consts.get(name, ""))
+        if c:
+          return int(c.group(1))
+  return 1
 
 
 def _executions(comps: dict[str, list[_Instr]], entry: str) -> dict[str, int]:
@@ -353,7 +369,8 @@ def _executions(comps: dict[str, list[_Instr]], entry: str) -> dict[str, int]:
     for ins in comps.get(comp, []):
       called: list[tuple[str, int]] = []
       if ins.opcode == "while":
-        trips = _trip_count(ins.rest)
+        cond = re.search(r"condition=%?([\w.\-]+)", ins.rest)
+        trips = _trip_count(ins.rest, comps.get(cond.group(1), []) if cond else [])
         for key in ("body", "condition"):
           m = re.search(rf"{key}=%?([\w.\-]+)", ins.rest)
           if m:
@@ -542,6 +559,8 @@ def compile_step(
     compiled = lowered.compile()
   except Exception as e:
     line = " ".join(str(e).split())[:300]
+    if "RESOURCE_EXHAUSTED" in line or "out of memory" in line.lower():
+      raise DoesNotFit(f"{target.spec}: the step does not fit: {line}") from None
     raise UserError(f"{target.spec}: the compiler rejected the step: {line}") from None
   seconds = time.perf_counter() - t0
   mem = compiled.memory_analysis()

@@ -70,7 +70,9 @@ _HLO = """HloModule m, entry_computation_layout={(f32[8]{0})->f32[8]{0}}
 
 %cond (t: (s32[], f32[8])) -> pred[] {
   %t = (s32[], f32[8]{0}) parameter(0)
-  ROOT %c = pred[] constant(true)
+  %n = s32[] constant(3)
+  %i = s32[] get-tuple-element(%t), index=0
+  ROOT %c = pred[] compare(%i, %n), direction=LT
 }
 
 ENTRY %main (x: f32[8]) -> f32[8] {
@@ -85,16 +87,18 @@ ENTRY %main (x: f32[8]) -> f32[8] {
 """
 
 
-def test_program_stats_counts_loops_by_trip_count():
-  s = aot.program_stats(_HLO.replace("{TRIPS}", '{"known_trip_count":{"n":"3"}}'))
+@pytest.mark.parametrize("trips", ['{"known_trip_count":{"n":"3"}}', "{}"])
+def test_program_stats_counts_loops_by_trip_count(trips):
+  """GPU programs annotate the trip count; TPU programs leave it to the condition (i < 3)."""
+  s = aot.program_stats(_HLO.replace("{TRIPS}", trips))
   assert s["collectives"] == {
     "all-reduce": {"count": 3, "bytes": 3 * 32},
     "all-gather": {"count": 1, "bytes": 64},
   }
-  assert s["kernels"] == {"fusion": 3, "cublas": 3, "collective": 4, "other": 1, "total": 11}
-  # Fusion reads 32 and writes 32 bytes, the gemm reads 32 and writes 32 (+ 0) bytes, 3 times;
-  # the slice reads 64 and writes 32.
-  assert s["kernel_bytes"] == 3 * (64 + 64) + 96
+  assert s["kernels"] == {"fusion": 3, "cublas": 3, "collective": 4, "other": 4, "total": 14}
+  # Fusion reads 32 and writes 32 bytes, the gemm reads 32 and writes 32 (+ 0) bytes, the
+  # condition's compare reads 8 and writes 1, 3 times each; the slice reads 64 and writes 32.
+  assert s["kernel_bytes"] == 3 * (64 + 64 + 9) + 96
 
 
 def test_auto_follows_the_target_not_the_host():
@@ -117,6 +121,7 @@ def test_auto_follows_the_target_not_the_host():
 def _toy():
   c = train_steps.config_for("toy", {})
   c.batch_size, c.gan.mlp_width = 32, 32  # The smoke config's sizes.
+  c.gan.unroll_critic = False  # A scan: a smaller program, its loop counted by its trip count.
   return config_lib.validate(c)
 
 

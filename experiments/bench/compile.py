@@ -99,13 +99,18 @@ def _fit_members(label, config, shape, target, devices, say) -> dict:
   def row(n):
     if n not in rows:
       say(f"{label} on {target.spec}: {n} member(s)")
-      rows[n] = aot.compile_step(_with_members(config, n), shape, target, devices, cpu_flops=False)
+      try:
+        c = _with_members(config, n)
+        rows[n] = aot.compile_step(c, shape, target, devices, cpu_flops=False)
+      except aot.DoesNotFit:  # The TPU compiler refuses what does not fit.
+        rows[n] = {"total_bytes": None, "fits": False}
     return rows[n]
 
   one, eight = row(1), row(8)
   if not one["fits"]:
     return {**one, "largest_members": 0, "fit_search": {"1": [one["total_bytes"], False]}}
-  per = max((eight["total_bytes"] - one["total_bytes"]) / 7, 1024)  # TPU padding can hide N=2.
+  grown = (eight["total_bytes"] or 8 * one["total_bytes"]) - one["total_bytes"]
+  per = max(grown / 7, 1024)  # TPU padding can hide N=2's growth.
   guess = max(1, min(10**7, int((target.chip.memory_bytes - one["total_bytes"]) // per) + 1))
   lo, hi, n = 1, None, guess  # row(lo) fits, row(hi) does not.
   while hi is None or hi - lo > 1:

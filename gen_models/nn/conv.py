@@ -153,11 +153,13 @@ def resolve_impl(
   ``"auto"`` on CPU is ``"gemm"`` where it pays (:func:`_gemm_pays`); otherwise ``"xla"`` for
   a transposed conv with at most :data:`XLA_MAX_OUT` output channels and ``"phases"`` for the
   rest.
-  ``"subpixel"`` on GPU (timed fastest on an H200: docs/BENCHMARKS.md). ``"xla"`` on TPU: nothing
-  has been timed on a TPU; it is XLA's own convolution, which the TPU compiler maps straight onto
-  the matrix units, and the TPU compiler's own estimates (``experiments.bench.compile``, not a
-  timing) give it fewer bytes and temporaries than the CPU's forms (docs/BENCHMARKS.md, "Before
-  you rent accelerators").
+  ``"subpixel"`` on GPU (timed fastest on an H200: docs/BENCHMARKS.md). ``"xla"`` on TPU, chosen
+  by the TPU compiler's estimates, not by a timing (nothing has run on a TPU): compiled for one
+  v5e chip (``experiments.bench.compile --layers=xla,subpixel``), forward + both gradients of
+  every conv shape of the DCGAN, β-VAE, ResNet and RealNVP nets at batch 64, ``"xla"`` has the
+  fewer FLOPs on every layer and the lower roofline floor summed over each net (DCGAN 423 against
+  527 µs, β-VAE 635 against 679 µs; equal at stride 1); the CPU's forms cost the ResNet step
+  2.2× the bytes (docs/BENCHMARKS.md, "Before you rent accelerators").
   """
   if impl not in IMPLS:
     raise ValueError(f"unknown conv implementation {impl!r}; known: {', '.join(IMPLS)}")
