@@ -213,9 +213,11 @@ CHIPS = {
     ),
   ),
 }
-# Per kernel launch on a GPU (seconds): fitted on half of the H200 rows of
-# experiments/results/bench_train_gpu.json (docs/BENCHMARKS.md, "Before you rent accelerators").
-GPU_LAUNCH_S = 4e-6
+# Per kernel on a GPU (seconds): fitted, with a compute efficiency of 25 % of the peak, on the
+# toy, β-VAE and ResNet rows of experiments/results/bench_train_gpu.json (H200, 2026-11-26; 3 of
+# 6 rows; docs/BENCHMARKS.md, "Before you rent accelerators"). The projections use it with the
+# peak itself, so they stay floors.
+GPU_LAUNCH_S = 3.3e-6
 SCALING_CHIPS = (8, 16, 64, 256)  # Chip counts of the projected weak scaling (project()).
 
 

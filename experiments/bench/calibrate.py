@@ -1,7 +1,7 @@
 r"""Calibrate the compiled-step model (gen_models/aot.py) against the one real GPU run.
 
     python -m experiments.bench.calibrate --compiled=A.json[,B.json] \
-        --measured=experiments/results/bench_train_gpu.json --fit=toy,resnet
+        --measured=experiments/results/bench_train_gpu.json --fit=toy,vae,resnet
 
 Reads the compiled rows of ``--target`` (default ``gpu:h200``) from ``experiments.bench.compile``
 JSON files and the measured JAX rows of ``experiments.bench.train`` (``conv_impl`` ``subpixel``,
@@ -25,7 +25,9 @@ _MEASURED = flags.DEFINE_string(
   "measured", "experiments/results/bench_train_gpu.json", "experiments.bench.train JSON."
 )
 _TARGET = flags.DEFINE_string("target", "gpu:h200", "The compiled target that was measured.")
-_FIT = flags.DEFINE_list("fit", ["toy", "resnet"], "Configs whose measurements fit the constants.")
+_FIT = flags.DEFINE_list(
+  "fit", ["toy", "vae", "resnet"], "Configs whose measurements fit the constants."
+)
 _OUTPUT = flags.DEFINE_string("output", None, "JSON path.")
 
 
