@@ -256,6 +256,16 @@ def parse_target(spec: str) -> Target:
   return Target(spec, CHIPS[m.group(1)], f"{hosts}x1x{gpus}", hosts)
 
 
+def compiler_installed(platform_name: str) -> bool:
+  """Whether the compiler for ``tpu`` (libtpu) or ``gpu`` (the CUDA 13 plugin) is installed."""
+  if platform_name == "tpu":
+    return importlib.util.find_spec("libtpu") is not None
+  try:
+    return importlib.util.find_spec("jax_plugins.xla_cuda13") is not None
+  except ModuleNotFoundError:  # No jax_plugins package at all.
+    return False
+
+
 def target_devices(target: Target) -> list:
   """The target's compile-only devices (a one-line :class:`UserError` if the compiler is not
   installed or rejects the topology)."""
@@ -277,8 +287,7 @@ def target_devices(target: Target) -> list:
       )
   except Exception as e:  # The plugin is missing, or rejects the topology.
     line = " ".join(str(e).split())[:300]
-    module = "libtpu" if target.platform == "tpu" else "jax_plugins.xla_cuda13"
-    if importlib.util.find_spec(module.split(".")[0]) is None:
+    if not compiler_installed(target.platform):
       extra = "tpu" if target.platform == "tpu" else "gpu-compile"
       line += f" (its compiler is not installed: pip install -e '.[{extra}]')"
     raise UserError(f"cannot make devices for target {target.spec!r}: {line}") from None

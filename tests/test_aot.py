@@ -3,7 +3,6 @@ program's counts, and a toy WGAN-GP step compiled for a TPU slice and for 2 H100
 what can be counted by hand. The compile tests need libtpu and the CUDA plugin
 (``pip install -e '.[test,tpu,gpu-compile]'``, which .ci/run installs)."""
 
-import importlib.util
 import os
 
 import jax
@@ -21,8 +20,8 @@ from gen_models.errors import UserError
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
 
-_NO_TPU = importlib.util.find_spec("libtpu") is None
-_NO_CUDA = importlib.util.find_spec("jax_plugins.xla_cuda13") is None
+_NO_TPU = not aot.compiler_installed("tpu")
+_NO_CUDA = not aot.compiler_installed("gpu")
 needs_tpu = pytest.mark.skipif(
   _NO_TPU, reason="libtpu is not installed (pip install -e '.[tpu]'; no wheel for this platform)"
 )
