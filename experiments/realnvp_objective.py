@@ -7,7 +7,7 @@ the objective before), and writes each run's per-step ``loss``, ``bits_per_dim``
 whether the clipping at ``optimizer.clip_global_norm`` fired) to a JSON file.
 
     python -m experiments.realnvp_objective --config=experiments/configs/realnvp_cifar10.py:smoke \\
-        --steps=200 --out=experiments/results/realnvp_objective_cpu_2026-12-07.json
+        --steps=200 --out=experiments/results/realnvp_objective_cifar10_smoke_cpu_2026-12-07.json
 
 The batches are uniform random pixels (what ``tfds.testing.mock_data`` gives), so the numbers
 show the objective's scale and the clipping, not what the flow learns on real images.

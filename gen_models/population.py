@@ -46,7 +46,7 @@ import numpy as np
 from gen_models import config as config_lib
 from gen_models import data as data_lib
 from gen_models import devices as dev
-from gen_models import models
+from gen_models import models, platform
 from gen_models import workdir as workdir_lib
 from gen_models.errors import UserError
 from gen_models.train_state import TrainState, tree_all_finite
@@ -172,7 +172,8 @@ def _get(config: ml_collections.ConfigDict, key: str):
 
 
 def execution(config: ml_collections.ConfigDict, backend: str | None = None) -> str:
-  """``population.execution`` with ``auto`` resolved for ``backend`` (default: JAX's): ``vmap``,
+  """``population.execution`` with ``auto`` resolved for ``backend`` (default: the platform being
+  traced for, :func:`gen_models.platform.current` — a compile target's, not the host's): ``vmap``,
   except ``unroll`` for image models (conv nets) on CPU, where vmapped convolutions become slow
   grouped convolutions (docs/POPULATIONS.md has the measurements)."""
   mode = config.population.execution
@@ -180,7 +181,7 @@ def execution(config: ml_collections.ConfigDict, backend: str | None = None) -> 
     raise UserError(f"unknown population.execution {mode!r}; known: {', '.join(EXECUTIONS)}")
   if mode == "auto":
     images = len(data_lib.example_shape(config)) == 3
-    return "unroll" if images and (backend or jax.default_backend()) == "cpu" else "vmap"
+    return "unroll" if images and (backend or platform.current()) == "cpu" else "vmap"
   return mode
 
 

@@ -84,6 +84,7 @@ from absl import app, flags
 
 from experiments import cli
 from experiments.bench import common, hardware, train_steps
+from experiments.bench.train_steps import LAYER_BATCH, LAYERS
 from gen_models.errors import UserError
 from gen_models.nn.conv import IMPLS as CONV_IMPLS
 
@@ -96,30 +97,6 @@ STRIDE_ONE = ("realnvp_cifar10", "realnvp_cifar10_bf16")
 # Configs with one Adam step per train step (no critic loop).
 NO_CRITIC_LOOP = ("vae", "flow", "realnvp_cifar10", "realnvp_cifar10_bf16")
 LOOPS = ("scan", "unrolled")
-# (net, kind, kernel size, stride, spatial size of the input, C_in, C_out): every stride-2 conv
-# of the DCGAN nets (WGAN-GP cifar10) and the β-VAE conv nets (dSprites), and stride-1 convs of
-# the paper ResNet (its 16² blocks) and the RealNVP CIFAR-10 s/t nets (3×3 at 32², 1×1 at 16²);
-# batch 64.
-LAYERS = (
-  ("dcgan", "conv", 5, 2, 32, 3, 64),
-  ("dcgan", "conv", 5, 2, 16, 64, 128),
-  ("dcgan", "conv", 5, 2, 8, 128, 256),
-  ("dcgan", "conv_transpose", 5, 2, 4, 256, 128),
-  ("dcgan", "conv_transpose", 5, 2, 8, 128, 64),
-  ("dcgan", "conv_transpose", 5, 2, 16, 64, 3),
-  ("vae", "conv", 4, 2, 64, 1, 32),
-  ("vae", "conv", 4, 2, 32, 32, 32),
-  ("vae", "conv", 2, 2, 16, 32, 64),
-  ("vae", "conv", 2, 2, 8, 64, 64),
-  ("vae", "conv_transpose", 4, 2, 4, 64, 64),
-  ("vae", "conv_transpose", 4, 2, 8, 64, 32),
-  ("vae", "conv_transpose", 4, 2, 16, 32, 32),
-  ("vae", "conv_transpose", 4, 2, 32, 32, 1),
-  ("resnet", "conv", 3, 1, 16, 128, 128),
-  ("realnvp", "conv", 3, 1, 32, 64, 64),
-  ("realnvp", "conv", 1, 1, 16, 128, 128),
-)
-LAYER_BATCH = 64
 
 _CONFIGS = flags.DEFINE_list(
   "configs", ["toy", "cifar10", "vae"], f"Any of {', '.join(common.CONFIGS)}."

@@ -13,6 +13,30 @@ from experiments.bench import common
 
 CONFIGS = common.CONFIGS  # The benchmarks' one table of config names (bench/common.py).
 POOL = 4  # Distinct device-resident batches cycled through by the timed loop.
+# (net, kind, kernel size, stride, spatial size of the input, C_in, C_out): every stride-2 conv
+# of the DCGAN nets (WGAN-GP cifar10) and the β-VAE conv nets (dSprites), and stride-1 convs of
+# the paper ResNet (its 16² blocks) and the RealNVP CIFAR-10 s/t nets (3×3 at 32², 1×1 at 16²);
+# batch 64.
+LAYERS = (
+  ("dcgan", "conv", 5, 2, 32, 3, 64),
+  ("dcgan", "conv", 5, 2, 16, 64, 128),
+  ("dcgan", "conv", 5, 2, 8, 128, 256),
+  ("dcgan", "conv_transpose", 5, 2, 4, 256, 128),
+  ("dcgan", "conv_transpose", 5, 2, 8, 128, 64),
+  ("dcgan", "conv_transpose", 5, 2, 16, 64, 3),
+  ("vae", "conv", 4, 2, 64, 1, 32),
+  ("vae", "conv", 4, 2, 32, 32, 32),
+  ("vae", "conv", 2, 2, 16, 32, 64),
+  ("vae", "conv", 2, 2, 8, 64, 64),
+  ("vae", "conv_transpose", 4, 2, 4, 64, 64),
+  ("vae", "conv_transpose", 4, 2, 8, 64, 32),
+  ("vae", "conv_transpose", 4, 2, 16, 32, 32),
+  ("vae", "conv_transpose", 4, 2, 32, 32, 1),
+  ("resnet", "conv", 3, 1, 16, 128, 128),
+  ("realnvp", "conv", 3, 1, 32, 64, 64),
+  ("realnvp", "conv", 1, 1, 16, 128, 128),
+)
+LAYER_BATCH = 64
 
 
 def config_for(name: str, spec: dict):

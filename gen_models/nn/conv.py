@@ -104,6 +104,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from gen_models import platform
 from gen_models.errors import UserError
 
 IMPLS = ("auto", "xla", "space_to_depth", "subpixel", "phases", "gemm")
@@ -144,20 +145,27 @@ def resolve_impl(
   kernel_size: Sequence[int] | None = None,
   strides: Sequence[int] | None = None,
 ) -> str:
-  """The implementation ``impl`` names on ``backend`` (default: JAX's default backend) for a
+  """The implementation ``impl`` names on ``backend`` (default: the platform being traced for,
+  :func:`gen_models.platform.current`, which is the compile target's, not the host's) for a
   layer (a strided conv, or with ``transpose`` a transposed conv, of ``in_channels`` →
   ``out_channels`` with ``kernel_size`` and ``strides``; what is not given does not count).
 
   ``"auto"`` on CPU is ``"gemm"`` where it pays (:func:`_gemm_pays`); otherwise ``"xla"`` for
   a transposed conv with at most :data:`XLA_MAX_OUT` output channels and ``"phases"`` for the
   rest.
-  ``"subpixel"`` on GPU, ``"xla"`` on TPU (measured fastest: docs/BENCHMARKS.md).
+  ``"subpixel"`` on GPU (timed fastest on an H200: docs/BENCHMARKS.md). ``"xla"`` on TPU, chosen
+  by the TPU compiler's estimates, not by a timing (nothing has run on a TPU): compiled for one
+  v5e chip (``experiments.bench.compile --layers=xla,subpixel``), forward + both gradients of
+  every conv shape of the DCGAN, β-VAE, ResNet and RealNVP nets at batch 64, ``"xla"`` has the
+  fewer FLOPs on every layer and the lower roofline floor summed over each net (DCGAN 423 against
+  527 µs, β-VAE 635 against 679 µs; equal at stride 1); the CPU's forms cost the ResNet step
+  2.2× the bytes (docs/BENCHMARKS.md, "Before you rent accelerators").
   """
   if impl not in IMPLS:
     raise ValueError(f"unknown conv implementation {impl!r}; known: {', '.join(IMPLS)}")
   if impl != "auto":
     return impl
-  backend = backend or jax.default_backend()
+  backend = platform.normalise(backend) if backend else platform.current()
   if backend == "cpu":
     shapes = kernel_size is not None and strides is not None
     channels = in_channels is not None and out_channels is not None
