@@ -33,6 +33,25 @@ def _pixels(x: jax.Array) -> int:
   return math.prod(x.shape[1:-1])
 
 
+def _batch_moments(module: nn.Module, x: jax.Array, batch: bool, momentum: float):
+  """``(mean, var)``, each ``(C,)``, of ``x (..., C)`` for ``module``'s batch norm: with ``batch``
+  the batch's (over every axis but the last; biased variance), and the running averages in
+  ``batch_stats`` (``mean``, ``var``) move towards them by ``1 − momentum`` (not at init);
+  otherwise the running averages themselves."""
+  c = x.shape[-1]
+  ra_mean = module.variable("batch_stats", "mean", jnp.zeros, (c,))
+  ra_var = module.variable("batch_stats", "var", jnp.ones, (c,))
+  if not batch:
+    return ra_mean.value, ra_var.value
+  axes = tuple(range(x.ndim - 1))
+  mean = jnp.mean(x, axes)
+  var = jnp.mean(jnp.square(x - mean), axes)
+  if not module.is_initializing():
+    ra_mean.value = momentum * ra_mean.value + (1 - momentum) * jax.lax.stop_gradient(mean)
+    ra_var.value = momentum * ra_var.value + (1 - momentum) * jax.lax.stop_gradient(var)
+  return mean, var
+
+
 class BatchNorm(nn.Module):
   """Batch normalisation with its log-det (``realnvp``'s docstring); ``batch_stats``: mean, var."""
 
@@ -44,18 +63,7 @@ class BatchNorm(nn.Module):
     c = x.shape[-1]
     log_gamma = self.param("log_gamma", nn.initializers.zeros_init(), (c,))
     beta = self.param("beta", nn.initializers.zeros_init(), (c,))
-    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,))
-    ra_var = self.variable("batch_stats", "var", jnp.ones, (c,))
-    if train and not inverse:
-      axes = tuple(range(x.ndim - 1))
-      mean = jnp.mean(x, axes)
-      var = jnp.mean(jnp.square(x - mean), axes)
-      if not self.is_initializing():
-        mu = self.momentum
-        ra_mean.value = mu * ra_mean.value + (1 - mu) * jax.lax.stop_gradient(mean)
-        ra_var.value = mu * ra_var.value + (1 - mu) * jax.lax.stop_gradient(var)
-    else:
-      mean, var = ra_mean.value, ra_var.value
+    mean, var = _batch_moments(self, x, train and not inverse, self.momentum)
     log_scale = log_gamma - 0.5 * jnp.log(var + self.epsilon)
     logdet = jnp.full((x.shape[0],), _pixels(x) * jnp.sum(log_scale))
     if inverse:
@@ -186,20 +194,9 @@ class AffineCoupling(nn.Module):
     ``m, v`` are the mean and biased variance over the batch and pixels of ``y`` with the kept
     positions set to 0 (the reference's statistics of ``y ⊙ (1 − b)``); else, and always in the
     inverse, the running averages in ``batch_stats`` (``mean``, ``var``)."""
-    o, c = self.options, y.shape[-1]
-    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,))
-    ra_var = self.variable("batch_stats", "var", jnp.ones, (c,))
-    if train and not inverse:
-      axes = tuple(range(y.ndim - 1))
-      yt = y if mask is None else jnp.where(mask, 0.0, y)
-      mean = jnp.mean(yt, axes)
-      var = jnp.mean(jnp.square(yt - mean), axes)
-      if not self.is_initializing():
-        mu = o.momentum
-        ra_mean.value = mu * ra_mean.value + (1 - mu) * jax.lax.stop_gradient(mean)
-        ra_var.value = mu * ra_var.value + (1 - mu) * jax.lax.stop_gradient(var)
-    else:
-      mean, var = ra_mean.value, ra_var.value
+    o = self.options
+    yt = y if mask is None else jnp.where(mask, 0.0, y)
+    mean, var = _batch_moments(self, yt, train and not inverse, o.momentum)
     log_sd = 0.5 * jnp.log(var + o.epsilon)
     ld = jnp.broadcast_to(-log_sd, y.shape)
     out = y * jnp.exp(log_sd) + mean if inverse else (y - mean) * jnp.exp(-log_sd)
