@@ -509,6 +509,7 @@ def build_step(config: ml_collections.ConfigDict, example_shape: Sequence[int], 
     state_sharding = dev.member_sharding(mesh)
     state = _abstract(jax.eval_shape(pop.init(family.init, members)), state_sharding)
     fn = pop.population_step(family.train_step, n, execution, int(config.population.chunk))
+    fn = dev.under_mesh(fn, mesh)
     batch_sharding, lead = dev.batch_sharding(mesh, 2), (n, k, b)
   else:
     n, execution = 1, "-"
@@ -516,7 +517,8 @@ def build_step(config: ml_collections.ConfigDict, example_shape: Sequence[int], 
     dev.check_batch_size(b, mesh)
     state_sharding = dev.replicated(mesh)
     state = _abstract(jax.eval_shape(family.init, jax.random.key(0)), state_sharding)
-    fn, batch_sharding, lead = family.train_step, dev.batch_sharding(mesh, 1), (k, b)
+    fn, batch_sharding = dev.under_mesh(family.train_step, mesh), dev.batch_sharding(mesh, 1)
+    lead = (k, b)
   batch = jax.ShapeDtypeStruct((*lead, *example_shape), jnp.float32, sharding=batch_sharding)
   return Step(
     fn, state, batch, (state_sharding, batch_sharding), (state_sharding, state_sharding),

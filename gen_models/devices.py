@@ -7,6 +7,9 @@ own rows of a global batch; :func:`global_batch` stitches them into one ``jax.Ar
 A vmapped population (:mod:`gen_models.population`) may also split its members over devices:
 the mesh is then ``members × data``, its state split along the leading member axis
 (:func:`member_sharding`) and its batches along both.
+
+A step traced under its mesh (:func:`under_mesh`) splits what it draws per example, a generator's
+noise, over ``data`` like a batch (:func:`shard_like_batch`).
 """
 
 from __future__ import annotations
@@ -193,6 +196,32 @@ def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
   if MEMBERS_AXIS in mesh.axis_names:
     spec[0] = MEMBERS_AXIS
   return NamedSharding(mesh, P(*spec))
+
+
+def under_mesh(fn, mesh: Mesh):
+  """``fn`` traced with ``mesh`` as the context mesh, so that :func:`shard_like_batch` inside it
+  knows the ``data`` axis (jit it as usual; the mesh is only read while tracing)."""
+
+  def traced(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+
+  return traced
+
+
+def shard_like_batch(x: jax.Array) -> jax.Array:
+  """``x`` (leading axis: examples) split over ``data`` like a batch, when traced under a mesh
+  with that axis (:func:`under_mesh`); the identity otherwise (no mesh: eager, one device).
+
+  For what a step draws per example with no data input to take a sharding from (a generator's
+  noise): left unconstrained, the partitioner computes it, and all that follows from it, in full
+  on every device. Values do not change (``jax_threefry_partitionable``). Under ``vmap`` the
+  member axis stays unconstrained (split over ``members`` by the state's sharding).
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or DATA_AXIS not in mesh.axis_names:
+    return x
+  return jax.lax.with_sharding_constraint(x, P(DATA_AXIS))
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:

@@ -79,6 +79,7 @@ class Plan:
       else:
         step = members_step
     self._data_sharding = data_sharding
+    step = dev.under_mesh(step, mesh)  # Per-example noise split over `data` (shard_like_batch).
     if self._table is not None:
       shardings = (self.state_sharding, dev.replicated(mesh), data_sharding)
       jitted = jax.jit(

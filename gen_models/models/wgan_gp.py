@@ -442,7 +442,7 @@ def train_step(
   )
 
   gen_batch = generator_batch_size or batch_size
-  z = jax.random.normal(gen_key, (gen_batch, latent_dim))
+  z = devices.shard_like_batch(jax.random.normal(gen_key, (gen_batch, latent_dim)))
   gen_labels = None
   if conditional:
     gen_labels = jax.random.randint(jax.random.fold_in(gen_key, 1), (gen_batch,), 0, num_classes)
