@@ -1,5 +1,6 @@
 """Test setup: 8 fake CPU devices (before JAX starts), and shared helpers."""
 
+import functools
 import os
 import shutil
 import subprocess
@@ -56,6 +57,19 @@ def pytest_unconfigure(config):
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# For functions a test compiles once or a few times: without XLA's backend optimisation the
+# compile is many times faster and computes the same function (the trainer compiles ``init``
+# this way). ``from conftest import fast_jit``.
+fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+
+@pytest.fixture
+def x64():
+  """Float64 for the test (``jax.enable_x64``), so that agreement is to round-off."""
+  with jax.enable_x64(True):
+    yield
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -27,21 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import fast_jit
 from flax import traverse_util
 
 from experiments.configs import realnvp_cifar10, realnvp_mnist, realnvp_toy
 from gen_models.models import realnvp
 
 TIGHT = dict(rtol=1e-9, atol=1e-11)
-# Each function here is compiled once or twice: without XLA's backend optimisation that is many
-# times faster, and it computes the same function.
-fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
-
-
-@pytest.fixture
-def x64():
-  with jax.enable_x64(True):
-    yield
 
 
 def _perturbed(tree, seed: int, scale: float = 0.3):

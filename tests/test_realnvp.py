@@ -18,21 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import fast_jit
 from flax import traverse_util
 
 from gen_models.errors import UserError
 from gen_models.models import realnvp as r
 
 LOGDET_TOL = dict(rtol=1e-9, atol=1e-9)
-# These functions run a few times each: compiling them without XLA's backend optimisation is
-# many times faster and computes the same function (the trainer compiles ``init`` this way).
-fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
-
-
-@pytest.fixture
-def x64():
-  with jax.enable_x64(True):
-    yield
 
 
 def _perturb(tree, key, scale=0.3):
