@@ -224,6 +224,30 @@ def shard_like_batch(x: jax.Array) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, P(DATA_AXIS))
 
 
+def split_over_members(fn):
+  """``fn`` over arguments and results whose every leaf has a leading member axis, run as one
+  program per member group when traced under a ``members × data`` mesh (:func:`under_mesh`):
+  ``jax.shard_map`` manual over ``members``, ``data`` left to the partitioner. The identity on
+  any other mesh, or none.
+
+  Without it, the partitioner sees a vmapped step's grouped convolutions (the member axis folded
+  into their feature groups), cannot split them along the members and gathers their operands on
+  every device: a β-VAE population of 4 on 4 × 2 devices sent 63 all-gathers (123 MB) a step,
+  and none with it (docs/BENCHMARKS.md). Each group runs its own members; a member's gradient is
+  all-reduced over its group's ``data`` devices only.
+  """
+
+  def run(*args):
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or MEMBERS_AXIS not in mesh.axis_names:
+      return fn(*args)
+    spec = P(MEMBERS_AXIS)
+    groups = jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=spec, axis_names={MEMBERS_AXIS})
+    return groups(*args)
+
+  return run
+
+
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
   """Returns the per-process batch size or raises a one-line :class:`UserError`."""
   n_dev = mesh.shape[DATA_AXIS]

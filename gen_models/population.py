@@ -22,7 +22,9 @@ trainer reports it once, and the others train on.
 
 How the members' steps run (``population.execution``, the same numbers either way):
 
-* ``vmap``: ``jax.vmap`` over members (convolutions become grouped convolutions);
+* ``vmap``: ``jax.vmap`` over members (convolutions become grouped convolutions); on a
+  ``members × data`` mesh (:func:`make_mesh`) each member group runs its own members
+  (:func:`gen_models.devices.split_over_members`);
 * ``map``: ``lax.map``, one member after another in a loop of the compiled program;
 * ``unroll``: one member after another, unrolled in the compiled program;
 * ``auto``: ``vmap``, except ``unroll`` for image models on CPU (measured: vmapped
@@ -272,7 +274,7 @@ def population_step(train_step: Callable, num_members: int, mode: str, chunk: in
   ``finite`` (bool). ``mode`` is a resolved :func:`execution`; ``chunk`` as the module says."""
   one = _masked_member_step(train_step)
   if mode == "vmap" or (chunk and chunk == num_members):
-    return jax.vmap(one)
+    return dev.split_over_members(jax.vmap(one))
   group = jax.vmap(one) if chunk else one
   groups = num_members // chunk if chunk else num_members
 
