@@ -361,21 +361,14 @@ def _ce(logits, labels):
 
 
 def _reference_generate(generator, g_params, g_state, z, labels):
-  """``Generator(n, labels, noise)`` on each device's share (its batch norm sees its own).
-
-  The reference's device ``g`` generates the ``g``-th consecutive share; ours, group ``g`` is
-  examples ``g, g + G, …`` (strided, gen_models.models.wgan_gp._generate). The shares here are
-  ours, each generated alone and put back in place: the same groups and order as the reference
-  would make for the batch permuted so that its consecutive shares are our groups, whose losses
-  (means over examples) are the same."""
+  """``Generator(n, labels, noise)`` on each device's share (its batch norm sees its own)."""
   out = []
-  for g in range(REF_DEVICES):
-    zs, ys = z[g::REF_DEVICES], labels[g::REF_DEVICES]
+  for zs, ys in zip(jnp.split(z, REF_DEVICES), jnp.split(labels, REF_DEVICES), strict=True):
     x, _ = generator.apply(
       {"params": g_params, **g_state}, zs, ys, train=True, mutable=list(g_state)
     )
     out.append(x)
-  return jnp.stack(out, axis=1).reshape(-1, *out[0].shape[1:])  # Example j·G + g: out[g][j].
+  return jnp.concatenate(out)
 
 
 def _reference_disc_cost(c_params, critic, real_data, fake_data, labels, alpha):

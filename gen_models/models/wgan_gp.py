@@ -309,26 +309,18 @@ def _generate(generator, params, model_state, z, train: bool, labels=None, group
   """``G(z)`` (``G(z, labels)`` for a conditional generator) and the updated mutable collections
   (unchanged when ``train`` is False).
 
-  ``groups`` > 1 (with ``train``): the batch is split into that many equal groups, each
-  generated with the batch-norm statistics of its own group (the reference ran each half of a
-  batch on its own GPU), by ``vmap`` over the groups; the running averages move towards the
+  ``groups`` > 1 (with ``train``): the batch is split into that many equal consecutive groups,
+  each generated with the batch-norm statistics of its own group (the reference ran each half of
+  a batch on its own GPU), by ``vmap`` over the groups; the running averages move towards the
   mean of the groups' statistics (the mean of the groups' updates). A function of the global
-  batch, so the same on any device count.
-
-  Group ``g`` is examples ``g, g + groups, g + 2·groups, …`` (strided, not consecutive): the
-  noise and labels are i.i.d. over examples, so any fixed split into equal groups is the
-  reference's experiment, and a strided split keeps every group's examples on every device of a
-  batch split over ``data``. With consecutive groups the partitioner split the group axis over
-  the devices and gathered the generator's activations by all-reduce wherever the devices
-  outnumber the groups: the paper ResNet step on a 256-chip v5e pod sent 247 MB a step against
-  its 26 MB of gradients (docs/BENCHMARKS.md)."""
+  batch, so the same on any device count."""
   variables = {"params": params, **model_state}
   args = (z,) if labels is None else (z, labels)
   if train and model_state:
     if groups > 1:
-      grouped = [a.reshape(a.shape[0] // groups, groups, *a.shape[1:]) for a in args]
+      grouped = [a.reshape(groups, a.shape[0] // groups, *a.shape[1:]) for a in args]
       apply = lambda *a: generator.apply(variables, *a, train=True, mutable=list(model_state))
-      out, updates = jax.vmap(apply, in_axes=1, out_axes=(1, 0))(*grouped)  # out (B/G, G, …).
+      out, updates = jax.vmap(apply)(*grouped)
       updates = jax.tree.map(lambda u: jnp.mean(u, axis=0), dict(updates))
       return out.reshape(-1, *out.shape[2:]), updates
     out, updates = generator.apply(variables, *args, train=True, mutable=list(model_state))
@@ -503,8 +495,7 @@ def sample(
   ``bn_chunk`` = 0: in eval mode (batch norm with its running averages). ``bn_chunk`` = k > 0:
   with batch statistics, as the reference (its generator's batch norm is always in training
   mode; its Inception-score samples come in batches of 100): ``⌈num/k⌉·k`` latents are drawn,
-  each group of ``k`` (strided, as :func:`_generate`'s) generated with its own statistics, and
-  the first ``num`` returned — every
+  each group of ``k`` generated with its own statistics, and the first ``num`` returned — every
   sample is made in a group of exactly ``k``, whatever ``num`` the caller asks for.
 
   A conditional generator gets uniform random classes (as the reference's Inception-score
