@@ -61,7 +61,8 @@ class Chip:
     link_bytes_per_s: all-reduce bandwidth per chip within a slice / node (one direction).
     scaleout_bytes_per_s: per chip between hosts where that differs (GPU nodes), else None.
     source: the data sheet.
-    target_config: GPUs: the ``GpuTargetConfigProto`` text handed to XLA.
+    gpu: GPUs: the facts of :func:`_gpu_config` beyond memory and bandwidth (SMs, clock, L2,
+      shared memory per SM, compute capability, device name).
   """
 
   name: str
@@ -72,7 +73,14 @@ class Chip:
   link_bytes_per_s: float
   source: str
   scaleout_bytes_per_s: float | None = None
-  target_config: str = ""
+  gpu: dict | None = None
+
+  @property
+  def target_config(self) -> str:
+    """GPUs: the ``GpuTargetConfigProto`` text handed to XLA; "" for a TPU."""
+    if self.gpu is None:
+      return ""
+    return _gpu_config(memory=self.memory_bytes, bandwidth=self.hbm_bytes_per_s, **self.gpu)
 
 
 def _gpu_config(
@@ -156,11 +164,9 @@ CHIPS = {
     "NVIDIA H100 SXM5 data sheet: 989 TFLOP/s bf16 and 495 TF32 dense, 80 GB HBM3 at 3.35 TB/s, "
     f"{_NV_LINK}; DGX H100: 8× ConnectX-7 400 Gb/s (50 GB/s per GPU) between nodes",
     scaleout_bytes_per_s=50e9,
-    target_config=_gpu_config(
+    gpu=dict(
       sms=132,
       clock_ghz=1.98,
-      memory=85_520_809_984,
-      bandwidth=3.35e12,
       l2=50 * 2**20,
       smem_core=233472,
       major=9,
@@ -178,11 +184,9 @@ CHIPS = {
     "NVIDIA H200 SXM data sheet: 989 TFLOP/s bf16 and 495 TF32 dense, 141 GB HBM3e at 4.8 TB/s, "
     f"{_NV_LINK}; 400 Gb/s (50 GB/s) per GPU between nodes",
     scaleout_bytes_per_s=50e9,
-    target_config=_gpu_config(
+    gpu=dict(
       sms=132,
       clock_ghz=1.98,
-      memory=150_754_820_096,
-      bandwidth=4.8e12,
       l2=50 * 2**20,
       smem_core=233472,
       major=9,
@@ -200,11 +204,9 @@ CHIPS = {
     "NVIDIA A100 SXM4 80GB data sheet: 312 TFLOP/s bf16 and 156 TF32 dense, 80 GB HBM2e at "
     "2,039 GB/s, NVLink 3: 600 GB/s bidirectional; 200 Gb/s (25 GB/s) per GPU between DGX nodes",
     scaleout_bytes_per_s=25e9,
-    target_config=_gpu_config(
+    gpu=dict(
       sms=108,
       clock_ghz=1.41,
-      memory=85_899_345_920,
-      bandwidth=2.039e12,
       l2=40 * 2**20,
       smem_core=167936,
       major=8,
